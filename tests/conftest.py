@@ -26,6 +26,7 @@ def isolated_registry() -> Iterator[None]:
     """Let a test register models or rescan plugins without leaking into other tests."""
     from zoo import plugins, registry
 
+    plugins.load_plugins()  # snapshot after discovery, or the built-ins would be lost
     saved = {k: list(v) for k, v in registry._REGISTRY.items()}
     saved_ns = dict(registry._NAMESPACES)
     saved_plugins = plugins._plugins

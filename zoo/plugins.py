@@ -95,6 +95,8 @@ def _load(name: str, value: str, dist: str, version: str) -> PluginInfo:
         for entry in entries
         if entry.distribution == dist
         and (entry.family == module_name or entry.family.startswith(module_name + "."))
+    ) + sorted(  # lazily listed families such as timm/*
+        ns.prefix + "*" for ns in registry._NAMESPACES.values() if ns.distribution == dist
     )
     return info
 
