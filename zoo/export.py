@@ -8,18 +8,31 @@ holds at least these two files::
                          "mean", "std", "label_names", "distribution",
                          "distribution_version", "zoo_version"}
 
+For timm architectures (``timm/<name>`` from the zoo-timm plugin) ``config.json`` also follows
+timm's Hub format, so ``timm.create_model("hf-hub:org/repo", pretrained=True)`` loads it:
+``architecture`` is timm's name (``resnet18``), zoo's name moves to ``zoo_architecture``, and
+``pretrained_cfg`` carries input size, mean and std.
+
+An export (:func:`export_run`) is the publishable part of a run: the two files above, the
+model card ``README.md``, ``recipe.yaml``, ``metrics.jsonl``, ``summary.json`` and
+``curves.png`` when the run has them.
+
 Nothing here unpickles anything.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo._io import atomic_write_bytes, atomic_write_json
-from zoo.errors import UnknownModelError, WeightsError
+from zoo.errors import RunError, UnknownModelError, WeightsError
 
 if TYPE_CHECKING:
     import torch
@@ -27,18 +40,45 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONFIG_NAME",
+    "PUBLISHABLE_FILES",
     "WEIGHTS_NAME",
+    "architecture_of",
+    "export_run",
     "load_model_dir",
     "load_state_dict",
     "load_weights",
     "model_config",
+    "publishable_files",
     "read_config",
     "save_model_files",
 ]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+PUBLISHABLE_FILES = (
+    WEIGHTS_NAME,
+    CONFIG_NAME,
+    "README.md",
+    "recipe.yaml",
+    "metrics.jsonl",
+    "summary.json",
+    "curves.png",
+)
 _REQUIRED_KEYS = ("architecture", "model_args")
+_TIMM_PREFIX = "timm/"
+# A registered model name (optionally one namespace deep, like timm/resnet18): never a path,
+# a Hub source or a tagged name, so a hostile config.json cannot redirect loading elsewhere.
+_ARCHITECTURE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-.]*(/[A-Za-z0-9_][A-Za-z0-9_\-.]*)?")
+# timm pretrained_cfg entries that describe the architecture, not where weights came from.
+_TIMM_CFG_KEYS = (
+    "fixed_input_size",
+    "interpolation",
+    "crop_pct",
+    "crop_mode",
+    "pool_size",
+    "first_conv",
+    "classifier",
+)
 
 
 def model_config(
@@ -59,7 +99,7 @@ def model_config(
             "unknown; build it with zoo.create(NAME) to export it"
         )
     args = dict(cfg.get("args", {}))
-    return {
+    config = {
         "architecture": cfg["architecture"],
         "model_args": args,
         "num_classes": args.get("num_classes"),
@@ -71,6 +111,40 @@ def model_config(
         "distribution_version": cfg.get("version"),
         "zoo_version": __version__,
     }
+    if cfg["architecture"].startswith(_TIMM_PREFIX):
+        config.update(_timm_hub_fields(model, config))
+    return config
+
+
+def _timm_hub_fields(model: nn.Module, config: dict[str, Any]) -> dict[str, Any]:
+    """The keys timm's ``load_model_config_from_hf`` reads, next to zoo's own."""
+    own_cfg = getattr(model, "pretrained_cfg", None) or {}
+    pretrained_cfg = {k: own_cfg[k] for k in _TIMM_CFG_KEYS if own_cfg.get(k) is not None}
+    pretrained_cfg.update(
+        input_size=config["input_size"],
+        mean=config["mean"],
+        std=config["std"],
+        num_classes=config["num_classes"],
+    )
+    model_args = dict(config["model_args"])
+    if not pretrained_cfg.get("fixed_input_size"):
+        # timm passes model_args to the constructor, and architectures with global pooling
+        # (ResNet, ...) take no img_size; zoo-timm records it only as the input size.
+        model_args.pop("img_size", None)
+    fields: dict[str, Any] = {
+        "architecture": config["architecture"][len(_TIMM_PREFIX) :],
+        "zoo_architecture": config["architecture"],
+        "model_args": model_args,
+        "pretrained_cfg": pretrained_cfg,
+    }
+    if isinstance(getattr(model, "num_features", None), int):
+        fields["num_features"] = model.num_features
+    return fields
+
+
+def architecture_of(config: Mapping[str, Any]) -> str:
+    """zoo's registry name for the architecture a ``config.json`` describes."""
+    return str(config.get("zoo_architecture") or config["architecture"])
 
 
 def save_model_files(
@@ -115,6 +189,12 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise WeightsError(f"{path} lacks {', '.join(missing)}; re-export the model")
     if not isinstance(config["architecture"], str) or not isinstance(config["model_args"], dict):
         raise WeightsError(f"{path}: 'architecture' must be a string and 'model_args' an object")
+    name = config.get("zoo_architecture", config["architecture"])
+    if not isinstance(name, str) or not _ARCHITECTURE.fullmatch(name) or ".." in name:
+        raise WeightsError(
+            f"{path} names architecture {name!r}, which is not a model name "
+            "(letters, digits, _ - . and at most one namespace/); re-export the model"
+        )
     return config
 
 
@@ -171,14 +251,82 @@ def load_model_dir(directory: str | Path, plugin: str | None = None, **overrides
 
     directory = Path(directory)
     config = read_config(directory)
+    name = architecture_of(config)
     args = {**config["model_args"], **overrides}
     try:
-        model = registry.create(config["architecture"], plugin=plugin, **args)
+        # get_entry first: it accepts only registered names, so create() cannot take the
+        # name for a directory, a Hub source or a tag.
+        entry = registry.get_entry(name, plugin)
     except UnknownModelError:
         dist = config.get("distribution") or "the plugin that provides it"
         raise WeightsError(
-            f"{directory / CONFIG_NAME} needs architecture {config['architecture']!r}, which no "
+            f"{directory / CONFIG_NAME} needs architecture {name!r}, which no "
             f"installed plugin provides; install it with `pip install {dist}`"
         ) from None
+    model = registry.create(entry.name, plugin=plugin, **args)
     load_weights(model, load_state_dict(directory / WEIGHTS_NAME), str(directory))
     return model
+
+
+def export_run(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    repo_id: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Write the publishable files of a run (or another export) to ``out_dir``.
+
+    The weights are checked first (rebuilt and strictly loaded). ``out_dir`` defaults to
+    ``RUN/export``; an existing one is refused unless ``force``. The directory appears whole
+    or not at all: it is assembled next to its destination and renamed into place.
+    ``repo_id`` is the Hub repo the card's usage snippet names.
+    """
+    from zoo import card
+
+    run = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run / "export"
+    if not run.is_dir():
+        raise RunError(f"run directory {run} does not exist")
+    if out.resolve() == run.resolve():
+        raise RunError(f"cannot export {run} onto itself; choose another --out")
+    if out.exists() and not force:
+        raise RunError(f"{out} already exists; pass --force to replace it, or choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_NAME).is_file():
+        raise RunError(f"refusing to replace {out}: it is not a zoo export; choose another --out")
+    load_model_dir(run)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; an export is meant to be shared
+        for name in publishable_files(run):
+            shutil.copyfile(run / name, tmp / name)
+        atomic_write_bytes(tmp / "README.md", card.card_text(run, repo_id=repo_id).encode())
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def publishable_files(directory: str | Path) -> list[str]:
+    """The files of :data:`PUBLISHABLE_FILES` that ``directory`` holds, except README.md
+    (the card is rendered for each export or push, see :func:`zoo.card.card_text`)."""
+    directory = Path(directory)
+    return [
+        name for name in PUBLISHABLE_FILES if name != "README.md" and (directory / name).is_file()
+    ]
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Rename ``new`` to ``target``; an existing ``target`` is swapped out, then removed."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = target.with_name(f".{target.name}.old.{os.getpid()}")
+    os.replace(target, old)
+    os.replace(new, target)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    else:
+        old.unlink()

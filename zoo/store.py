@@ -4,16 +4,34 @@ Layout under ``$ZOO_HOME`` (default: the user cache dir, ``~/.cache/zoo``)::
 
     weights/<model>/<tag>/            an export directory (model.safetensors, config.json, ...)
     weights/<model>/<tag>.json        or a pointer: {"source": "hf-hub:org/repo@rev"}
+
+``zoo publish RUN --tag TAG`` fills it (:func:`publish`); ``zoo.create("model.tag")`` and
+``zoo.create("model", pretrained=True)`` read it (:func:`create_tagged`).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["home", "tags_for"]
+from zoo._io import atomic_write_json
+from zoo.errors import WeightsError, did_you_mean
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from zoo.registry import ModelEntry
+
+__all__ = ["create_tagged", "home", "publish", "tags_for", "validate_tag"]
 
 HOME_ENV = "ZOO_HOME"
+DEFAULT_TAG = "default"
+# Tags become directory names and follow a dot in model names: no dots, slashes or "..".
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
 
 
 def home() -> Path:
@@ -36,3 +54,121 @@ def tags_for(model: str) -> list[str]:
     tags = {p.name for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file()}
     tags |= {p.stem for p in root.glob("*.json") if p.is_file()}
     return sorted(tags)
+
+
+def validate_tag(tag: str) -> str:
+    """Return ``tag`` if it is a valid weight tag (it becomes a directory name), else raise."""
+    if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+        raise WeightsError(
+            f"invalid weight tag {tag!r}: use 1-64 letters, digits, _ or -, starting with a "
+            "letter or digit (e.g. cifar10_best)"
+        )
+    return tag
+
+
+def publish(
+    run_or_export: str | Path | None,
+    model: str | None,
+    tag: str,
+    *,
+    source: str | None = None,
+    hub_repo: str | None = None,
+    private: bool = False,
+    force: bool = False,
+) -> Path:
+    """Store weights under ``model.tag`` and return the stored path.
+
+    With a run or export directory, its export is copied into the store (``model`` defaults
+    to the architecture in its config.json and must match it). With ``source``
+    (``hf-hub:org/repo@rev``) the tag becomes a pointer to that Hub repo; with ``hub_repo``
+    the run is pushed there first and the tag points at the pushed commit. An existing tag
+    is refused (before anything is pushed) unless ``force``.
+    """
+    from zoo import export, hub
+
+    validate_tag(tag)
+    if run_or_export is not None:
+        found = export.architecture_of(export.read_config(run_or_export))
+        if model is not None and model != found:
+            raise WeightsError(f"{run_or_export} holds weights for {found!r}, not {model!r}")
+        model = found
+    if model is None:
+        raise WeightsError("publish needs a run directory or a model name to store the tag under")
+    _check_name(model)
+    target, pointer = weights_dir(model) / tag, weights_dir(model) / f"{tag}.json"
+    if (target.exists() or pointer.exists()) and not force:
+        raise WeightsError(
+            f"{model}.{tag} is already published ({weights_dir(model)}); pass --force to "
+            "replace it or choose another tag"
+        )
+    if hub_repo is not None:
+        if run_or_export is None:
+            raise WeightsError("publishing to the Hub needs a run or export directory")
+        commit = hub.push_commit(run_or_export, hub_repo, private=private)
+        source = f"{hub.HUB_PREFIX}{hub_repo}@{commit.oid}"  # pinned: the tag never drifts
+    if source is not None:
+        atomic_write_json(pointer, {"source": str(hub.parse_source(source))})
+        shutil.rmtree(target, ignore_errors=True)
+        return pointer
+    if run_or_export is None:
+        raise WeightsError("publish needs a run directory or a hf-hub: source")
+    export.export_run(run_or_export, target, force=True)
+    pointer.unlink(missing_ok=True)
+    return target
+
+
+def create_tagged(
+    entry: ModelEntry, tag: str | None, plugin: str | None = None, **kwargs: Any
+) -> nn.Module:
+    """Build ``entry``'s model with the weights published as ``tag`` (None: the model's
+    ``default`` tag, or its only one)."""
+    from zoo import hub
+
+    tags = tags_for(entry.name)
+    if tag is None:
+        tag = _default_tag(entry.name, tags)
+    validate_tag(tag)
+    if tag not in tags:
+        raise WeightsError(
+            f"{entry.name} has no weights tagged {tag!r}.{did_you_mean(tag, tags)} "
+            f"Published tags: {', '.join(tags) or 'none'}; publish a run with "
+            f"`zoo publish RUN --tag {tag}`"
+        )
+    directory = weights_dir(entry.name) / tag
+    source = (
+        str(directory) if directory.is_dir() else _read_pointer(directory.parent / f"{tag}.json")
+    )
+    return hub.create_from_source(source, architecture=entry.name, plugin=plugin, **kwargs)
+
+
+def _default_tag(model: str, tags: list[str]) -> str:
+    if DEFAULT_TAG in tags or len(tags) == 1:
+        return DEFAULT_TAG if DEFAULT_TAG in tags else tags[0]
+    raise WeightsError(
+        f"{model} has {len(tags)} weight tags ({', '.join(tags) or 'none'}) and none is "
+        f"called {DEFAULT_TAG!r}; pick one, e.g. zoo.create('{model}.{(tags or ['TAG'])[0]}')"
+    )
+
+
+def _read_pointer(path: Path) -> str:
+    from zoo import hub
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(
+            f"weights pointer {path} is unreadable ({e}); publish it again"
+        ) from None
+    source = data.get("source") if isinstance(data, dict) else None
+    if not isinstance(source, str) or not source.startswith(hub.HUB_PREFIX):
+        raise WeightsError(
+            f'weights pointer {path} must hold {{"source": "hf-hub:ORG/NAME@REV"}}, found {data!r}'
+        )
+    return str(hub.parse_source(source))
+
+
+def _check_name(model: str) -> None:
+    """Model names become directory names: refuse anything that could leave the store."""
+    parts = model.split("/")
+    if len(parts) > 2 or any(not p or p in (".", "..") or "\\" in p for p in parts):
+        raise WeightsError(f"model name {model!r} cannot be stored (it is not a registry name)")
