@@ -89,6 +89,7 @@ def _load(name: str, value: str, dist: str, version: str) -> PluginInfo:
         last = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
         where = f" ({last.filename}:{last.lineno})" if last else ""
         info.error = f"{type(e).__name__}: {e}{where}"
+        _forget_models(dist, module_name)  # a failed plugin is skipped whole, not half-loaded
     info.models = sorted(
         name
         for name, entries in registry._REGISTRY.items()
@@ -99,6 +100,21 @@ def _load(name: str, value: str, dist: str, version: str) -> PluginInfo:
         ns.prefix + "*" for ns in registry._NAMESPACES.values() if ns.distribution == dist
     )
     return info
+
+
+def _forget_models(dist: str, module_name: str) -> None:
+    """Unregister what a plugin that then failed had registered before failing."""
+    for name, entries in list(registry._REGISTRY.items()):
+        entries[:] = [
+            e
+            for e in entries
+            if not (
+                e.distribution == dist
+                and (e.family == module_name or e.family.startswith(module_name + "."))
+            )
+        ]
+        if not entries:
+            del registry._REGISTRY[name]
 
 
 def load_plugins() -> list[PluginInfo]:

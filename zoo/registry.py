@@ -185,6 +185,16 @@ def _all_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _failed_plugins() -> str:
+    """`` Plugins that failed to load: ...`` (the model may come from one of them), or ``""``."""
+    from zoo import plugins
+
+    failed = [f"{p.distribution} ({p.error})" for p in plugins.load_plugins() if p.error]
+    if not failed:
+        return ""
+    return f" Plugins that failed to load (see `zoo plugins`): {'; '.join(failed)}"
+
+
 def get_entry(name: str, plugin: str | None = None) -> ModelEntry:
     """Return the entry for ``name``, choosing the distribution ``plugin`` when given."""
     _discover()
@@ -196,7 +206,7 @@ def get_entry(name: str, plugin: str | None = None) -> ModelEntry:
                 choices = [prefix + n for n in ns.list_names()]
         raise UnknownModelError(
             f"unknown model {name!r}.{did_you_mean(name, choices)} "
-            "List models with `zoo models`; install plugins to add more."
+            f"List models with `zoo models`; install plugins to add more.{_failed_plugins()}"
         )
     if plugin is not None:
         for entry in entries:
