@@ -129,5 +129,377 @@ def plugins_cmd(as_json: bool) -> None:
         click.echo("third-party plugins are disabled (ZOO_DISABLE_PLUGIN_AUTOLOAD is set)")
 
 
+@cli.command("check")
+@click.argument("pattern")
+@click.option("--plugin", default=None, help="Only models provided by this distribution.")
+@click.option("--device", default="cpu", show_default=True, help="Device to run checks on.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON report per model.")
+@click.pass_context
+def check_cmd(
+    ctx: click.Context, pattern: str, plugin: str | None, device: str, as_json: bool
+) -> None:
+    """Run the conformance kit on every model matching PATTERN (a name or fnmatch pattern,
+    e.g. 'mlpmixer_*'); exit 1 when any check fails."""
+    from zoo.errors import UnknownModelError, did_you_mean
+    from zoo.registry import get_entry, list_models
+    from zoo.testing import check_model
+
+    names = list_models(pattern, plugin=plugin)
+    if not names and not any(c in pattern for c in "*?["):
+        names = [get_entry(pattern, plugin).name]  # raises with close matches
+    if not names:
+        raise UnknownModelError(
+            f"no models match {pattern!r}.{did_you_mean(pattern, list_models())} "
+            "List models with `zoo models`."
+        )
+    failed = 0
+    for name in names:
+        report = check_model(name, plugin=plugin, device=device)
+        failed += not report.ok
+        click.echo(json.dumps(report.to_dict()) if as_json else report.format())
+    if not as_json:
+        click.echo(f"{len(names) - failed} of {len(names)} model(s) pass", err=True)
+    ctx.exit(1 if failed else 0)
+
+
+# -- training ------------------------------------------------------------------------------
+
+
+@cli.command("train")
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe key with a YAML value (repeatable), e.g. --set optim.lr=0.01.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Run directory (default: runs/<name>/<timestamp>).",
+)
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False, exists=True),
+    help="Continue the run or sweep in this directory from its last checkpoint.",
+)
+@click.option(
+    "--device",
+    default=None,
+    help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps; default: the recipe's.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate, build the model and data, show the "
+    "resolved recipe and planned run directories; train nothing.",
+)
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Run slice I of N of a sweep "
+    "(0-based; every point runs in exactly one slice). Needs --out.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
+@click.option(
+    "--limit-train-batches",
+    type=int,
+    default=None,
+    metavar="N",
+    help="At most N training batches per epoch (quick checks).",
+)
+@click.option(
+    "--tensorboard",
+    is_flag=True,
+    help="Also log metrics to TensorBoard (<run>/tensorboard; needs `pip install tensorboard`).",
+)
+def train_cmd(
+    recipe: str | None,
+    overrides: tuple[str, ...],
+    out: str | None,
+    resume: str | None,
+    device: str | None,
+    dry_run: bool,
+    shard: str | None,
+    force: bool,
+    limit_train_batches: int | None,
+    tensorboard: bool,
+) -> None:
+    """Train RECIPE (a YAML file): train, validate each epoch, test, export the weights.
+
+    \b
+    zoo train recipes/quickstart.yaml
+    zoo train recipes/resnet18_best.yaml --set data.dataset=fashion_mnist --set epochs=2
+    zoo train --resume runs/quickstart/20260101-120000
+    """
+    import sys
+    from pathlib import Path
+
+    from zoo import progress, train
+    from zoo.recipe import load_recipe, parse_shard
+
+    if recipe is None and resume is None:
+        raise click.UsageError("give a RECIPE file, or --resume RUN_DIR to continue a run")
+    sets = [
+        *overrides,
+        *(
+            [f"limit_train_batches={limit_train_batches}"]
+            if limit_train_batches is not None
+            else []
+        ),
+    ]
+    # --resume without RECIPE uses the run's own recipe; --set then changes it (e.g. epochs).
+    source = recipe
+    if source is None and resume is not None and (sets or dry_run):
+        source = str(Path(resume) / "recipe.yaml")
+    loaded = load_recipe(source, sets) if source else None
+    slice_ = parse_shard(shard) if shard else None
+    if dry_run:
+        assert loaded is not None
+        _echo_plan(train.plan(loaded, out, device=device, shard=slice_))
+        return
+    for name in ("zoo.train", "zoo.sweep"):  # progress lines are INFO records
+        if logging.getLogger(name).getEffectiveLevel() > logging.INFO:
+            logging.getLogger(name).setLevel(logging.INFO)
+    reporters: list[Any] = [
+        progress.TqdmProgress() if sys.stderr.isatty() else progress.LogProgress()
+    ]
+    if tensorboard:
+        try:
+            reporters.append(progress.TensorBoardProgress())
+        except ImportError:
+            click.echo(
+                "warning: TensorBoard is not installed (pip install tensorboard); "
+                "metrics go to metrics.jsonl only",
+                err=True,
+            )
+    path = train.run_recipe(
+        loaded, out, resume=resume, device=device, force=force, progress=reporters, shard=slice_
+    )
+    _echo_outcome(path)
+
+
+def _echo_plan(plan: dict[str, Any]) -> None:
+    click.echo(plan["recipe"].rstrip())
+    click.echo(f"# device: {plan['device']}")
+    if plan["sweep_dir"]:
+        click.echo(f"# sweep directory: {plan['sweep_dir']} ({len(plan['runs'])} runs)")
+    for run in plan["runs"]:
+        splits = ", ".join(f"{k} {v}" for k, v in run["splits"].items())
+        click.echo(
+            f"# {run['run_dir']}: {run['model']} ({run['params']:,} parameters) on "
+            f"{run['dataset']} {'x'.join(map(str, run['input']))} ({splits}); "
+            f"{run['epochs']} epochs of {run['steps_per_epoch']} steps"
+        )
+    click.echo("# dry run: nothing was trained")
+
+
+def _echo_outcome(path: Any) -> None:
+    index = path / "sweep.json"
+    if index.is_file():
+        points = json.loads(index.read_text(encoding="utf-8"))["points"]
+        click.echo(f"sweep directory: {path} (index: {index})")
+        for p in points:
+            acc = f"  test acc {p['summary']['test_acc']:.4f}" if p["summary"] else ""
+            click.echo(f"  {p['name']}: {p['status']}{acc}")
+        return
+    summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+    click.echo(f"test accuracy: {summary['test_acc']:.4f} (final weights)")
+    click.echo(f"run directory: {path}")
+    click.echo(f"weights:       {path / 'model.safetensors'} (+ config.json)")
+    curves = path / "curves.png"
+    click.echo(
+        f"curves:        {curves}"
+        if curves.is_file()
+        else f"metrics:       {path / 'metrics.jsonl'}"
+    )
+
+
+# -- benchmarks, figures, report -----------------------------------------------------------
+
+
+@cli.command("bench")
+@click.argument("models", nargs=-1, required=True)
+@click.option(
+    "-b", "--batch-size", "batch_sizes", type=int, multiple=True, help="Repeatable. [128]"
+)
+@click.option(
+    "--mode", type=click.Choice(["inference", "train", "both"]), default="both", show_default=True
+)
+@click.option("--img-size", type=int, default=None, help="Input size (default: the model's).")
+@click.option("--in-chans", type=int, default=None, help="Input channels (default: the model's).")
+@click.option(
+    "--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True
+)
+@click.option("--channels-last", is_flag=True, help="Model and input in channels_last layout.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model first.")
+@click.option("--compile-mode", default=None, help="torch.compile mode (implies --compile).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, mps, auto.")
+@click.option("--threads", type=int, default=None, help="torch intra-op threads while timing.")
+@click.option(
+    "--min-time", type=float, default=1.0, show_default=True, help="Seconds of timed steps."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv", "md"]),
+    default="table",
+    show_default=True,
+    help="json = JSON lines, one record per line, each with its env.",
+)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write to FILE.")
+def bench_cmd(
+    models: tuple[str, ...],
+    batch_sizes: tuple[int, ...],
+    mode: str,
+    img_size: int | None,
+    in_chans: int | None,
+    precision: str,
+    channels_last: bool,
+    compile_: bool,
+    compile_mode: str | None,
+    device: str,
+    threads: int | None,
+    min_time: float,
+    fmt: str,
+    out: str | None,
+) -> None:
+    """Measure params, FLOPs, throughput, latency and peak memory of MODELS (names,
+    fnmatch patterns such as 'mlpmixer_p*', or run directories)."""
+    from zoo._io import atomic_write_text
+    from zoo.bench import MODES, format_records, run_bench
+
+    records = run_bench(
+        models,
+        batch_sizes or (128,),
+        MODES if mode == "both" else (mode,),
+        img_size=img_size,
+        in_chans=in_chans,
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile_mode or compile_,
+        device=device,
+        threads=threads,
+        min_time=min_time,
+    )
+    text = format_records(records, fmt)
+    if out:
+        atomic_write_text(out, text)
+        click.echo(f"wrote {len(records)} records to {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command("plot")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Write here.")
+def plot_cmd(sources: tuple[str, ...], out: str | None) -> None:
+    """Draw curves of runs (curves.png) and overlays + tables of sweeps (sweep.png,
+    sweep.md), next to each source unless --out DIR is given."""
+    from zoo.report import write_plots
+
+    for path in write_plots(sources, out):
+        click.echo(str(path))
+
+
+@cli.command("viz")
+@click.argument("source")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="PNG to write.")
+@click.option("--img-size", type=int, default=None, help="For a model name: input size.")
+@click.option("--in-chans", type=int, default=None, help="For a model name: input channels.")
+def viz_cmd(source: str, out: str | None, img_size: int | None, in_chans: int | None) -> None:
+    """Draw the first layer of a run's trained model, or of a freshly initialised model
+    name: ResNet first-conv kernels or Mixer first token-mixing units, in a grid."""
+    from zoo.viz import save_first_layer
+
+    click.echo(str(save_first_layer(source, out, img_size=img_size, in_chans=in_chans)))
+
+
+@cli.command("report")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", type=click.Path(file_okay=False), default="report", show_default=True)
+@click.option(
+    "--bench-time",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds of timed steps per measurement (small = fast, noisier).",
+)
+@click.option("--no-bench", is_flag=True, help="Skip all timing (no Mixer time table).")
+@click.option("--device", default="cpu", show_default=True, help="Device for the timings.")
+def report_cmd(
+    sources: tuple[str, ...], out: str, bench_time: float, no_bench: bool, device: str
+) -> None:
+    """Write OUT/report.md with figures from runs and sweeps: sweep overlays and tables,
+    run curves, first layers, Mixer patch-size time table and a leaderboard."""
+    from zoo.report import build_report
+
+    path = build_report(sources, out, bench=not no_bench, bench_time=bench_time, device=device)
+    click.echo(str(path))
+
+
+# -- publishing: export, Hub, local weights store -------------------------------------------
+
+
+@cli.command("export")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", default=None, help="Export directory (default: RUN/export).")
+@click.option("--force", is_flag=True, help="Replace an existing export directory.")
+def export_cmd(run: str, out: str | None, force: bool) -> None:
+    """Write the publishable files of RUN: model.safetensors, config.json, model card
+    README.md, recipe.yaml, metrics.jsonl, summary.json and curves.png."""
+    from zoo.export import export_run
+
+    click.echo(str(export_run(run, out, force=force)))
+
+
+@cli.command("push")
+@click.argument("path", metavar="RUN_OR_EXPORT", type=click.Path(exists=True, file_okay=False))
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repo as private (if it is new).")
+@click.option("--revision", default=None, help="Branch to commit to (default: main).")
+@click.option("--commit-message", default=None, help="Commit message.")
+def push_cmd(
+    path: str, repo_id: str, private: bool, revision: str | None, commit_message: str | None
+) -> None:
+    """Upload a run or export to Hub repo REPO_ID (ORG/NAME) in one commit.
+
+    The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT selects another Hub.
+    """
+    from zoo.hub import push
+
+    click.echo(
+        push(path, repo_id, private=private, revision=revision, commit_message=commit_message)
+    )
+
+
+@cli.command("pull")
+@click.argument("repo_id")
+@click.option("--revision", default=None, help="Branch, tag or commit sha (default: main).")
+def pull_cmd(repo_id: str, revision: str | None) -> None:
+    """Download Hub repo REPO_ID into the Hugging Face cache, verify it, print its path."""
+    from zoo.hub import pull
+
+    click.echo(str(pull(repo_id, revision)))
+
+
+@cli.command("publish")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--tag", required=True, help="Weight tag: use the model as zoo.create('NAME.TAG').")
+@click.option("--hub", "hub_repo", default=None, help="Push to this Hub repo; tag points to it.")
+@click.option("--private", is_flag=True, help="With --hub: create the repo as private.")
+@click.option("--force", is_flag=True, help="Replace an existing tag.")
+def publish_cmd(run: str, tag: str, hub_repo: str | None, private: bool, force: bool) -> None:
+    """Store RUN's weights as NAME.TAG in the local weights store ($ZOO_HOME); with --hub,
+    push RUN to the Hub and make the tag point at the pushed commit."""
+    from zoo import store
+    from zoo.export import architecture_of, read_config
+
+    path = store.publish(run, None, tag, hub_repo=hub_repo, private=private, force=force)
+    click.echo(f"{architecture_of(read_config(run))}.{tag} -> {path}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -168,9 +168,22 @@ def save_model_files(
     if recipe_hash:
         metadata["recipe_hash"] = recipe_hash
     out = Path(out_dir)
-    atomic_write_bytes(out / WEIGHTS_NAME, save(state, metadata=metadata))
+    atomic_write_bytes(out / WEIGHTS_NAME, _sorted_metadata(save(state, metadata=metadata)))
     atomic_write_json(out / CONFIG_NAME, config)
     return config
+
+
+def _sorted_metadata(blob: bytes) -> bytes:
+    """``blob`` with its ``__metadata__`` keys sorted. safetensors writes them in hash-map
+    order, which differs between processes, so equal weights would give different files
+    (and a different sha256 on the Hub). Offsets are relative to the data, which stays put."""
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data must start 8-byte aligned, as safetensors does
+    return len(text).to_bytes(8, "little") + text + blob[8 + size :]
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -216,13 +229,21 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Strictly load ``state`` into ``model``, naming every missing, unexpected and
     mis-shaped key."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    _check_fit(own, {k: tuple(v.shape) for k, v in state.items()}, source)
+    model.load_state_dict(state, strict=True)
+
+
+def _check_fit(
+    own: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], source: str
+) -> None:
+    """Raise WeightsError naming every missing, unexpected and mis-shaped key."""
+    missing = sorted(set(own) - set(found))
+    unexpected = sorted(set(found) - set(own))
     shapes = sorted(
-        f"{k}: weights {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if tuple(state[k].shape) != tuple(own[k].shape)
+        f"{k}: weights {found[k]} vs model {own[k]}"
+        for k in set(own) & set(found)
+        if found[k] != own[k]
     )
     if missing or unexpected or shapes:
         parts = []
@@ -239,14 +260,51 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: st
         raise WeightsError(
             f"weights from {source} do not fit the architecture: " + " | ".join(parts)
         )
-    model.load_state_dict(state, strict=True)
+
+
+def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors header, without reading the tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except FileNotFoundError:
+        raise WeightsError(f"weights file {path} is missing") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise WeightsError(
+            f"weights file {path} is corrupted or truncated ({e}); download or export it again"
+        ) from None
+
+
+def _build_from_config(name: str, plugin: str | None, args: dict[str, Any], where: Path) -> Any:
+    """``registry.create`` with arguments from a file: any failure is the file's fault."""
+    from zoo import registry
+    from zoo.errors import ZooError
+
+    if "pretrained" in args or "plugin" in args:  # would redirect loading elsewhere
+        raise WeightsError(f"{where}: model_args may not set 'pretrained' or 'plugin'")
+    try:
+        return registry.create(name, plugin=plugin, **args)
+    except ZooError:
+        raise
+    except Exception as e:  # builders are plugin code: a bad value may raise anything
+        raise WeightsError(
+            f"{where} has model_args that {name} cannot be built with "
+            f"({type(e).__name__}: {e}); re-export the model"
+        ) from None
 
 
 def load_model_dir(directory: str | Path, plugin: str | None = None, **overrides: Any) -> nn.Module:
     """Rebuild the architecture named in ``config.json`` and load ``model.safetensors``.
 
     ``overrides`` change model arguments (e.g. ``num_classes``); weights must still fit.
+    The model is first built on the ``meta`` device and compared with the shapes in the
+    weights file's header, so a hostile ``config.json`` cannot make zoo allocate a model
+    larger than the weights it came with.
     """
+    import torch
+
     from zoo import registry
 
     directory = Path(directory)
@@ -263,8 +321,14 @@ def load_model_dir(directory: str | Path, plugin: str | None = None, **overrides
             f"{directory / CONFIG_NAME} needs architecture {name!r}, which no "
             f"installed plugin provides; install it with `pip install {dist}`"
         ) from None
-    model = registry.create(entry.name, plugin=plugin, **args)
-    load_weights(model, load_state_dict(directory / WEIGHTS_NAME), str(directory))
+    weights = directory / WEIGHTS_NAME
+    found = _weight_shapes(weights)
+    with torch.device("meta"):
+        skeleton = _build_from_config(entry.name, plugin, args, directory / CONFIG_NAME)
+    own = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    _check_fit(own, found, str(directory))
+    model = _build_from_config(entry.name, plugin, args, directory / CONFIG_NAME)
+    load_weights(model, load_state_dict(weights), str(directory))
     return model
 
 

@@ -1,0 +1,64 @@
+"""The environment a measurement or a run was made in, recorded next to its numbers."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["environment", "git_sha"]
+
+
+def git_sha(directory: str | Path | None = None) -> str | None:
+    """The commit of the git checkout holding ``directory`` (default: zoo's source), with a
+    ``-dirty`` suffix when it has uncommitted changes; None outside a checkout."""
+    where = Path(directory) if directory is not None else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
+        )
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):  # no git binary, or it hangs
+        return None
+    suffix = "-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else ""
+    return sha.stdout.strip() + suffix
+
+
+def device_name(device: str) -> str:
+    """A human name for a torch device string: the GPU model, or the CPU's."""
+    import torch
+
+    kind = device.split(":")[0]
+    if kind == "cuda" and torch.cuda.is_available():
+        return str(torch.cuda.get_device_name(torch.device(device)))
+    if kind == "mps":
+        return "Apple MPS"
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def environment(device: str = "cpu") -> dict[str, Any]:
+    """torch and python versions, device, threads, zoo version, git sha and platform."""
+    import torch
+
+    from zoo import __version__
+
+    return {
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "device": device,
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        "zoo_version": __version__,
+        "git_sha": git_sha(),
+        "platform": platform.platform(),
+    }
