@@ -1,0 +1,129 @@
+"""zoo.bench: record schema, sanity of every number, output formats and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import zoo
+from zoo.bench import BenchError, BenchRecord, format_records, measure, resolve_models
+from zoo.cli import cli
+
+FAST = {"min_time": 0.01, "min_reps": 2, "warmup": 1, "threads": 1}
+ENV_KEYS = {"torch", "python", "device", "device_name", "threads", "zoo_version", "git_sha"}
+
+
+def tiny_mlp() -> torch.nn.Module:  # noqa: F821 - torch is imported lazily by zoo
+    return zoo.create("mlp_relu", hidden_sizes=[16], img_size=8, in_chans=1)
+
+
+def test_record_schema_and_sanity() -> None:
+    model = tiny_mlp()
+    rec = measure(model, 4, **FAST)
+    assert isinstance(rec, BenchRecord)
+    assert rec.model == "mlp_relu" and rec.mode == "inference" and rec.device == "cpu"
+    assert rec.input_size == (1, 8, 8)
+    assert rec.params == sum(p.numel() for p in model.parameters())
+    assert rec.images_per_s > 0 and rec.reps >= 2
+    assert 0 < rec.latency_ms_min <= rec.latency_ms_p50 <= rec.latency_ms_p90 <= rec.latency_ms_max
+    assert rec.latency_ms_iqr >= 0
+    assert rec.images_per_s == pytest.approx(4 / (rec.latency_ms_p50 / 1000))
+    assert rec.peak_mem_kind != "unavailable" and rec.peak_mem_bytes is not None
+    assert set(rec.env) >= ENV_KEYS and rec.env["threads"] == 1
+
+
+def test_flops_match_the_mlp_and_are_per_image() -> None:
+    # Two Linear layers 64 -> 16 -> 10: 2 FLOPs per multiply-add.
+    expected = 2 * (64 * 16 + 16 * 10)
+    for batch in (1, 3, 8):
+        assert measure(tiny_mlp(), batch, **FAST).flops_per_image == expected
+
+
+def test_mixer_flops_proportional_to_batch_and_training_costs_more() -> None:
+    model = zoo.create("mlpmixer_p4", embed_dim=16, num_blocks=1, img_size=8)
+    one = measure(model, 1, **FAST)
+    four = measure(model, 4, **FAST)
+    assert one.flops_per_image > 0
+    assert four.flops_per_image == one.flops_per_image
+    train = measure(model, 4, mode="train", **FAST)
+    assert train.mode == "train" and train.images_per_s > 0
+    # backward costs about twice the forward
+    assert 2 * four.flops_per_image < train.flops_per_image < 4 * four.flops_per_image
+
+
+def test_options_are_recorded() -> None:
+    model = zoo.create("resnet18", widths=[4, 8, 8, 8], img_size=8)
+    rec = measure(model, 2, precision="bf16", channels_last=True, mode="train", **FAST)
+    assert (rec.model, rec.precision, rec.channels_last, rec.compile) == (
+        "resnet18",
+        "bf16",
+        True,
+        None,
+    )
+    assert rec.input_size == (3, 8, 8)
+    assert rec.params == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"precision": "fp8"}, "unknown precision 'fp8'"),
+        ({"mode": "eval"}, "unknown mode 'eval'"),
+        ({"batch_size": 0}, "batch size must be at least 1"),
+        ({"threads": 0}, "threads must be at least 1"),
+    ],
+)
+def test_bad_settings_raise(kwargs: dict, message: str) -> None:
+    args = {"batch_size": 2, **FAST, **kwargs}
+    with pytest.raises(BenchError, match=message):
+        measure(tiny_mlp(), **args)
+
+
+def test_patterns_expand_and_unknown_patterns_raise() -> None:
+    assert resolve_models(["mlpmixer_p*"]) == [
+        "mlpmixer_p16",
+        "mlpmixer_p2",
+        "mlpmixer_p4",
+        "mlpmixer_p8",
+    ]
+    assert resolve_models(["resnet18", "resnet18"]) == ["resnet18"]
+    with pytest.raises(BenchError, match=r"no model matches 'nothing_\*'"):
+        resolve_models(["nothing_*"])
+
+
+def test_formats() -> None:
+    records = [measure(tiny_mlp(), 2, mode=m, **FAST) for m in ("inference", "train")]
+    lines = format_records(records, "json").splitlines()
+    assert [json.loads(line)["mode"] for line in lines] == ["inference", "train"]
+    assert all(set(json.loads(line)["env"]) >= ENV_KEYS for line in lines)
+    rows = list(csv.DictReader(io.StringIO(format_records(records, "csv"))))
+    assert len(rows) == 2 and rows[0]["env_torch"] and float(rows[1]["images_per_s"]) > 0
+    md = format_records(records, "md").splitlines()
+    assert md[0].startswith("| model |") and md[1].startswith("|---|") and len(md) == 6
+    table = format_records(records, "table").splitlines()
+    assert "img/s" in table[0] and "torch" in table[-1] and len(table) == 4
+    with pytest.raises(BenchError, match="unknown format"):
+        format_records(records, "xml")
+
+
+def test_cli_bench_json(tmp_path) -> None:
+    out = tmp_path / "bench.jsonl"
+    args = ["bench", "mlp_relu", "-b", "2", "--img-size", "8", "--in-chans", "1"]
+    args += ["--min-time", "0.01", "--threads", "1", "--format", "json", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["model"], r["mode"], r["batch_size"]) for r in records] == [
+        ("mlp_relu", "inference", 2),
+        ("mlp_relu", "train", 2),
+    ]
+
+
+def test_cli_bench_unknown_model_is_one_line() -> None:
+    result = CliRunner().invoke(cli, ["bench", "resnet81", "--min-time", "0"])
+    assert result.exit_code == 2
+    assert "unknown model 'resnet81'" in result.output and "resnet18" in result.output

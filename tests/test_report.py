@@ -1,0 +1,100 @@
+"""zoo.report: a report from fabricated sweeps and runs names only figures that exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from fabricate_runs import make_run, make_sweep
+
+from zoo.cli import cli
+from zoo.errors import RunError
+from zoo.report import build_report, discover
+
+TINY_MIXER = {"embed_dim": 8, "num_blocks": 1}
+TINY_RESNET = {"widths": [4, 4, 4, 4], "layers": [1, 1, 1, 1]}
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    make_sweep(
+        root / "mixer_patch" / "t0",
+        "model.args.patch_size",
+        [2, 4],
+        lambda p: ("mlpmixer_p4", {**TINY_MIXER, "patch_size": p}),
+    )
+    make_sweep(
+        root / "mlp_act" / "t0",
+        "model.name",
+        ["mlp_relu", "mlp_tanh"],
+        lambda name: (name, {"hidden_sizes": [8]}),
+    )
+    make_run(root / "resnet_best" / "t0", "resnet18", model_args=TINY_RESNET, test_acc=0.8)
+    return root
+
+
+def _links(text: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+
+
+@pytest.mark.slow  # ~4 s on 2 cores: times 5 models and draws 8 figures
+def test_report_names_every_figure_and_they_exist(runs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    path = build_report([runs], out, bench_time=0.005)
+    text = path.read_text()
+    links = _links(text)
+    assert links and all((out / link).is_file() for link in links)
+    assert sorted(links) == sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    names = " ".join(links)
+    for expected in ("sweep-mixer_patch", "sweep-mlp_act", "resnet_best-curves", "leaderboard"):
+        assert expected in names
+    assert "resnet_best-first-layer" in names and "mlp_act" not in names.replace(
+        "sweep-mlp_act", ""
+    )
+    # each sweep's table, the Mixer time table (one row per patch size), the leaderboard
+    assert text.count("| model.args.patch_size | status |") == 1
+    assert "| model.name | status |" in text
+    mixer_rows = re.findall(r"^\| (\d+) \| mlpmixer_p4 \|", text, re.MULTILINE)
+    assert mixer_rows == ["2", "4"]
+    assert "inference, 5,000 images" in text and "training epoch, 45,000 images" in text
+    board = re.findall(r"^\| (\d+) \| ([^|]+) \|", text.split("## Leaderboard")[1], re.MULTILINE)
+    assert len(board) == 5 and board[0][1].strip() == "resnet_best"
+    assert "Environment of the timings" in text
+
+
+def test_report_without_bench_has_no_timings(runs: Path, tmp_path: Path) -> None:
+    text = build_report([runs / "mlp_act" / "t0"], tmp_path / "r", bench=False).read_text()
+    assert "MLP-Mixer" not in text and "not measured" in text
+    assert all((tmp_path / "r" / link).is_file() for link in _links(text))
+
+
+def test_discover_finds_sweeps_and_runs_but_not_points_twice(runs: Path) -> None:
+    sweeps, single = discover([runs])
+    assert sorted(s.name for s in sweeps) == ["mixer_patch", "mlp_act"]
+    assert [r.label for r in single] == ["resnet_best"]
+    assert all(r is not None for s in sweeps for _, r in s.runs)
+
+
+def test_nothing_to_report_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RunError, match="no runs or sweeps under"):
+        discover([tmp_path])
+    result = CliRunner().invoke(cli, ["report", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "no runs or sweeps" in result.output
+
+
+def test_cli_report_and_plot(runs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    result = CliRunner().invoke(
+        cli, ["report", str(runs / "mixer_patch" / "t0"), "--out", str(out), "--no-bench"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "report.md").is_file()
+    result = CliRunner().invoke(cli, ["plot", str(runs)])
+    assert result.exit_code == 0, result.output
+    written = result.output.split()
+    assert str(runs / "resnet_best" / "t0" / "curves.png") in written
+    assert (runs / "mlp_act" / "t0" / "sweep.png").is_file()
+    assert "| model.name |" in (runs / "mlp_act" / "t0" / "sweep.md").read_text()

@@ -1,0 +1,544 @@
+"""The benchmark harness: parameters, FLOPs, throughput, latency and peak memory.
+
+One :class:`BenchRecord` per model, batch size and mode (``inference`` or ``train``)::
+
+    from zoo.bench import measure
+    rec = measure("mlpmixer_p4", batch_size=128, mode="train", min_time=2.0)
+    rec.images_per_s, rec.latency_ms_p50, rec.flops_per_image
+
+How a measurement is made, so that numbers are stable on a noisy machine:
+
+- warm-up: at least ``warmup`` steps and ``warmup_time`` seconds (default ``min_time / 5``)
+  for compilation, caches, the allocator and the thread pool;
+- then timed steps until at least ``min_time`` seconds and ``min_reps`` steps have passed;
+  on CUDA every step ends with ``torch.cuda.synchronize()`` before the clock is read;
+- on a machine shared with other processes, ``threads=1`` avoids the worst noise: a
+  multi-threaded step waits for its slowest thread, and a descheduled thread costs a whole
+  scheduler time slice (tens of ms) per parallel region;
+- the per-step latency distribution gives p25/p50/p75/p90; ``images_per_s`` is
+  ``batch_size / p50`` (the median step), and the spread is reported as the latency IQR.
+
+A training step is forward, cross-entropy loss, backward and an Adam step (the seed's
+optimiser) on random data. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``
+(matmuls and convolutions, 2 FLOPs per multiply-add); training counts forward + backward.
+
+Peak memory (``peak_mem_kind`` says which), over warm-up and timed steps: on CUDA
+``torch.cuda.max_memory_allocated`` (weights and input included); on Linux CPU the growth
+of the process's peak resident set (VmHWM, reset through ``/proc/self/clear_refs``) over
+the RSS before the first step, i.e. activations, gradients, optimiser state and allocator
+caches, but not the weights or the input; elsewhere the growth of ``ru_maxrss``, only a
+lower bound because it cannot be reset. CPU numbers are rounded to pages and can be 0 when
+the allocator reuses memory freed earlier in the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import re
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zoo.env import environment
+from zoo.errors import ZooError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = [
+    "FORMATS",
+    "MODES",
+    "PRECISIONS",
+    "BenchError",
+    "BenchRecord",
+    "format_records",
+    "measure",
+    "resolve_models",
+    "run_bench",
+]
+
+log = logging.getLogger(__name__)
+
+MODES = ("inference", "train")
+PRECISIONS = ("fp32", "bf16", "fp16")
+FORMATS = ("table", "json", "csv", "md")
+
+
+class BenchError(ZooError):
+    """A benchmark was asked for with impossible settings."""
+
+
+@dataclass(frozen=True)
+class BenchRecord:
+    """One measurement. Times are per step of ``batch_size`` images."""
+
+    model: str
+    mode: str  # "inference" | "train"
+    batch_size: int
+    input_size: tuple[int, int, int]  # (C, H, W)
+    precision: str
+    channels_last: bool
+    compile: str | None  # torch.compile mode, None when not compiled
+    device: str
+    params: int
+    flops_per_image: int  # forward (inference) or forward + backward (train)
+    images_per_s: float  # batch_size / median step time
+    latency_ms_p50: float
+    latency_ms_p90: float
+    latency_ms_iqr: float  # p75 - p25: the spread
+    latency_ms_min: float
+    latency_ms_max: float
+    reps: int
+    measured_s: float
+    peak_mem_bytes: int | None
+    peak_mem_kind: str
+    env: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+
+# -- building what is measured -------------------------------------------------------------
+
+
+def _resolve_device(device: str) -> torch.device:
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise BenchError(f"unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
+    return dev
+
+
+def _input_size(
+    model: nn.Module, img_size: int | None, in_chans: int | None
+) -> tuple[int, int, int]:
+    args = getattr(model, "zoo_cfg", {}).get("args", {})
+    chans = in_chans or args.get("in_chans") or 3
+    size = img_size or args.get("img_size") or 32
+    return int(chans), int(size), int(size)
+
+
+def _build(
+    model: str | nn.Module, img_size: int | None, in_chans: int | None
+) -> tuple[str, nn.Module]:
+    if not isinstance(model, str):
+        cfg = getattr(model, "zoo_cfg", {})
+        return str(cfg.get("architecture", type(model).__name__)), model
+    from zoo.registry import create
+
+    return model, create(model, img_size=img_size, in_chans=in_chans)
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _count_flops(step: Callable[[], Any]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def _inference_step(
+    model: nn.Module, x: torch.Tensor, device: torch.device, precision: str
+) -> Callable[[], Any]:
+    import torch
+
+    model.eval()
+
+    def step() -> Any:
+        with torch.inference_mode(), _autocast(device, precision):
+            return model(x)
+
+    return step
+
+
+def _train_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, precision: str
+) -> Callable[[], Any]:
+    import torch
+    import torch.nn.functional as F
+
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # fp16 needs loss scaling to train; its cost belongs in the measurement.
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def step() -> Any:
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device, precision):
+            loss = F.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss
+
+    return step
+
+
+# -- timing --------------------------------------------------------------------------------
+
+
+def _rss_kib(key: str) -> int | None:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{key}:\s+(\d+)", status, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+@contextlib.contextmanager
+def _peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
+    """Yield a dict that holds ``bytes`` and ``kind`` once the block has run."""
+    import torch
+
+    result: dict[str, Any] = {"bytes": None, "kind": "unavailable"}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        yield result
+        result.update(bytes=torch.cuda.max_memory_allocated(device), kind="cuda_max_allocated")
+        return
+    baseline = _rss_kib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        resettable = baseline is not None
+    except OSError:
+        resettable = False
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    yield result
+    if resettable:
+        peak = _rss_kib("VmHWM")
+        assert peak is not None and baseline is not None
+        result.update(bytes=max(peak - baseline, 0) * 1024, kind="cpu_peak_rss_growth")
+    else:
+        # ru_maxrss is KiB on Linux, bytes on macOS; it cannot be reset: a lower bound.
+        scale = 1 if sys.platform == "darwin" else 1024
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        result.update(bytes=(after - before) * scale, kind="cpu_maxrss_growth_lower_bound")
+
+
+def _time_steps(
+    step: Callable[[], Any],
+    device: torch.device,
+    *,
+    min_time: float,
+    min_reps: int,
+    warmup: int,
+    warmup_time: float,
+    max_reps: int,
+) -> list[float]:
+    """Seconds per step, after warm-up, for at least ``min_time`` s and ``min_reps`` steps."""
+    import torch
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    start = time.perf_counter()
+    done = 0
+    while done < warmup or time.perf_counter() - start < warmup_time:
+        step()
+        sync()
+        done += 1
+    times: list[float] = []
+    while len(times) < max_reps and (len(times) < min_reps or sum(times) < min_time):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    return statistics.quantiles(ordered, n=100, method="inclusive")[int(q) - 1]
+
+
+def _check(mode: str, precision: str, batch_size: int, min_time: float) -> None:
+    if mode not in MODES:
+        raise BenchError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+    if precision not in PRECISIONS:
+        raise BenchError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if batch_size < 1:
+        raise BenchError(f"batch size must be at least 1, got {batch_size}")
+    if not min_time >= 0:
+        raise BenchError(f"min_time must be a non-negative number of seconds, got {min_time}")
+
+
+def measure(
+    model: str | nn.Module,
+    batch_size: int = 128,
+    *,
+    mode: str = "inference",
+    img_size: int | None = None,
+    in_chans: int | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    compile: bool | str = False,
+    device: str = "cpu",
+    min_time: float = 1.0,
+    min_reps: int = 5,
+    warmup: int = 3,
+    warmup_time: float | None = None,
+    max_reps: int = 10_000,
+    threads: int | None = None,
+) -> BenchRecord:
+    """Measure one model (a name for :func:`zoo.create`, or a module) at one batch size.
+
+    ``compile`` is False, True (default mode) or a ``torch.compile`` mode string.
+    ``img_size``/``in_chans`` default to the model's own (``zoo_cfg``), else 32x32x3.
+    ``threads`` sets torch's intra-op threads for this measurement only (recorded in env).
+    A module passed in is moved to ``device`` and, in train mode, its weights change.
+    """
+    import torch
+
+    if threads is not None and threads < 1:
+        raise BenchError(f"threads must be at least 1, got {threads}")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads or saved)
+    try:
+        return _measure(
+            model,
+            batch_size,
+            mode=mode,
+            img_size=img_size,
+            in_chans=in_chans,
+            precision=precision,
+            channels_last=channels_last,
+            compile=compile,
+            device=device,
+            min_time=min_time,
+            min_reps=min_reps,
+            warmup=warmup,
+            warmup_time=min_time / 5 if warmup_time is None else warmup_time,
+            max_reps=max_reps,
+        )
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _measure(
+    model: str | nn.Module,
+    batch_size: int,
+    *,
+    mode: str,
+    img_size: int | None,
+    in_chans: int | None,
+    precision: str,
+    channels_last: bool,
+    compile: bool | str,
+    device: str,
+    min_time: float,
+    min_reps: int,
+    warmup: int,
+    warmup_time: float,
+    max_reps: int,
+) -> BenchRecord:
+    import torch
+
+    _check(mode, precision, batch_size, min_time)
+    dev = _resolve_device(device)
+    name, net = _build(model, img_size, in_chans)
+    size = _input_size(net, img_size, in_chans)
+    net = net.to(dev)
+    params = sum(p.numel() for p in net.parameters())
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, *size, generator=gen).to(dev)
+    y = torch.randint(0, 2, (batch_size,), generator=gen).to(dev)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    make_step = (
+        (lambda m: _inference_step(m, x, dev, precision))
+        if mode == "inference"
+        else (lambda m: _train_step(m, x, y, dev, precision))
+    )
+    compile_mode = None
+    timed: nn.Module = net
+    if compile:
+        compile_mode = compile if isinstance(compile, str) else "default"
+        timed = torch.compile(net, mode=compile_mode)  # type: ignore[assignment]
+    # Memory is tracked from before the first step, so warm-up's allocations count too.
+    with _peak_memory(dev) as mem:
+        times = _time_steps(
+            make_step(timed),
+            dev,
+            min_time=min_time,
+            min_reps=min_reps,
+            warmup=warmup,
+            warmup_time=warmup_time,
+            max_reps=max_reps,
+        )
+    # FLOPs on the eager model (FlopCounterMode cannot see inside a compiled graph).
+    flops = _count_flops(make_step(net))
+    p50 = statistics.median(times)
+    ms = [t * 1000 for t in times]
+    return BenchRecord(
+        model=name,
+        mode=mode,
+        batch_size=batch_size,
+        input_size=size,
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile_mode,
+        device=str(dev),
+        params=params,
+        flops_per_image=flops // batch_size,
+        images_per_s=batch_size / p50,
+        latency_ms_p50=p50 * 1000,
+        latency_ms_p90=_percentile(ms, 90),
+        latency_ms_iqr=_percentile(ms, 75) - _percentile(ms, 25),
+        latency_ms_min=min(ms),
+        latency_ms_max=max(ms),
+        reps=len(times),
+        measured_s=sum(times),
+        peak_mem_bytes=mem["bytes"],
+        peak_mem_kind=mem["kind"],
+        env=environment(str(dev)),
+    )
+
+
+# -- many models ---------------------------------------------------------------------------
+
+
+def resolve_models(names: Sequence[str]) -> list[str]:
+    """Expand fnmatch patterns (``'mlpmixer_p*'``) to registered names; keep plain names
+    (and run directories) as given so :func:`zoo.create` reports unknown ones."""
+    from zoo.registry import list_models
+
+    resolved: list[str] = []
+    for name in names:
+        if any(c in name for c in "*?["):
+            matches = list_models(name)
+            if not matches:
+                raise BenchError(f"no model matches {name!r}; list models with `zoo models`")
+            resolved += matches
+        else:
+            resolved.append(name)
+    return list(dict.fromkeys(resolved))
+
+
+def run_bench(
+    names: Sequence[str],
+    batch_sizes: Sequence[int] = (128,),
+    modes: Sequence[str] = MODES,
+    **options: Any,
+) -> list[BenchRecord]:
+    """:func:`measure` every model (patterns expanded) x batch size x mode."""
+    records = []
+    for name in resolve_models(names):
+        for batch_size in batch_sizes:
+            for mode in modes:
+                log.info("bench %s bs=%d %s", name, batch_size, mode)
+                records.append(measure(name, batch_size, mode=mode, **options))
+    return records
+
+
+# -- output --------------------------------------------------------------------------------
+
+_COLUMNS = (
+    ("model", "model", "{}"),
+    ("mode", "mode", "{}"),
+    ("batch", "batch_size", "{}"),
+    ("prec", "precision", "{}"),
+    ("params", "params", "{:,}"),
+    ("GFLOPs/img", "flops_per_image", "{:.3f}"),
+    ("img/s", "images_per_s", "{:,.1f}"),
+    ("p50 ms", "latency_ms_p50", "{:.2f}"),
+    ("p90 ms", "latency_ms_p90", "{:.2f}"),
+    ("IQR ms", "latency_ms_iqr", "{:.2f}"),
+    ("reps", "reps", "{}"),
+    ("peak MiB", "peak_mem_bytes", "{:.1f}"),
+)
+
+
+def _cells(rec: BenchRecord) -> list[str]:
+    cells = []
+    for _, key, fmt in _COLUMNS:
+        value = getattr(rec, key)
+        if key == "flops_per_image":
+            value = value / 1e9
+        elif key == "peak_mem_bytes":
+            value = math.nan if value is None else value / 2**20
+        cells.append(fmt.format(value))
+    return cells
+
+
+def _env_line(records: Sequence[BenchRecord]) -> str:
+    env = records[0].env
+    options = {(r.channels_last, r.compile, r.device) for r in records}
+    opts = "; ".join(f"channels_last={c}, compile={m}, device={d}" for c, m, d in sorted(options))
+    return (
+        f"torch {env.get('torch')} · {env.get('device_name')} · {env.get('threads')} threads · "
+        f"zoo {env.get('zoo_version')} ({env.get('git_sha') or 'no git'}) · {opts} · "
+        f"img/s = batch / median step; IQR = spread of step latency; "
+        f"peak memory: {records[0].peak_mem_kind}"
+    )
+
+
+def _flat(rec: BenchRecord) -> dict[str, Any]:
+    row = {f.name: getattr(rec, f.name) for f in fields(rec) if f.name != "env"}
+    row["input_size"] = "x".join(map(str, rec.input_size))
+    row.update({f"env_{k}": v for k, v in rec.env.items()})
+    return row
+
+
+def format_records(records: Sequence[BenchRecord], fmt: str = "table") -> str:
+    """Render records as an aligned ``table``, JSON lines (``json``), ``csv`` or markdown
+    (``md``). JSON and CSV carry the env in every record; table and md in a footer line."""
+    if fmt not in FORMATS:
+        raise BenchError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if fmt == "json":
+        return "".join(json.dumps(r.to_dict()) + "\n" for r in records)
+    if not records:
+        return ""
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(_flat(records[0])), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(_flat(r) for r in records)
+        return buf.getvalue()
+    header = [h for h, _, _ in _COLUMNS]
+    rows = [_cells(r) for r in records]
+    if fmt == "md":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines) + f"\n\n{_env_line(records)}\n"
+    widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=True)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    head = "  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))
+    return "\n".join([head, *lines, _env_line(records)]) + "\n"
