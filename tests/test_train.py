@@ -298,10 +298,11 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_checkpoint(
     with pytest.raises(
         TrainingError,
         match=r"loss is nan at epoch 2, step 2 of 6.*checkpoint "
-        r"\(epoch 1\).*optim.lr.*precision",
+        r"\(epoch 1\).*optim.lr",
     ) as error:
         fit(recipe, tmp_path / "run", device="cpu")
     assert "on_nan=skip" in str(error.value)
+    assert "precision" not in str(error.value)  # fp32 already: no advice to switch to it
     assert load_checkpoint(tmp_path / "run" / "checkpoints")[1] == 1
 
 

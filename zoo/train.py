@@ -399,11 +399,15 @@ def _on_bad_loss(run: Run, value: float, epoch: int, step: int) -> None:
         if last >= 1
         else "no epoch had finished, so there is no checkpoint"
     )
+    precision = (
+        f" or low precision (precision is {r.precision}: try --set precision=fp32)"
+        if r.precision != "fp32"
+        else ""
+    )
     raise TrainingError(
         f"loss is {value} at epoch {epoch}, step {step} of {run.steps}; {kept}. Usual causes: "
         f"a learning rate too high (optim.lr is {r.optim.lr}: try "
-        f"--set optim.lr={r.optim.lr / 10:g}) or low precision (precision is {r.precision}: "
-        "try --set precision=fp32); "
+        f"--set optim.lr={r.optim.lr / 10:g}){precision}; "
         "--set on_nan=skip skips such steps instead"
     )
 
