@@ -19,7 +19,7 @@ from zoo.data import default_root
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml") if not p.stem.startswith("_"))
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-# 28x28 images: Mixer patches must divide 28 (2, 4, 7, 14 give the token grids 2/4/8/16 give on 32x32)
+# 28x28 images: Mixer patches must divide 28 (7 and 14 stand in for 8 and 16 of 32x32)
 PATCHES = {"mixer_patch": ["--set", "sweep={model.args.patch_size: [4, 7]}"]}
 QUICK = [
     "--set", "data.dataset=fashion_mnist", "--set", "epochs=1", "--set", "data.valid_size=256",
