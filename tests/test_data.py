@@ -356,8 +356,8 @@ def test_resized_crop_params_match_torchvision() -> None:
         ]
     )
     for ours, theirs in ((top, ref[:, 0]), (left, ref[:, 1]), (h, ref[:, 2]), (w, ref[:, 3])):
-        assert ours.double().mean() == pytest.approx(theirs.double().mean(), abs=0.4)
-        assert ours.double().std() == pytest.approx(theirs.double().std(), rel=0.1)
+        assert ours.double().mean().item() == pytest.approx(theirs.double().mean().item(), abs=0.4)
+        assert ours.double().std().item() == pytest.approx(theirs.double().std().item(), rel=0.1)
 
 
 def test_resized_crop_falls_back_to_centre_crop() -> None:
