@@ -55,6 +55,27 @@ def test_mixer_flops_proportional_to_batch_and_training_costs_more() -> None:
     assert 2 * four.flops_per_image < train.flops_per_image < 4 * four.flops_per_image
 
 
+def test_cpu_peak_memory_counts_weights_gradients_adam_state_and_activations() -> None:
+    import torch
+
+    model = zoo.create("mlp_relu", hidden_sizes=[256], img_size=16, in_chans=1)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    batch = 64
+    activation = batch * 256 * 4  # the hidden layer's output, fp32
+    inference = measure(model, batch, **FAST)
+    train = measure(model, batch, mode="train", **FAST)
+    assert inference.peak_mem_kind == train.peak_mem_kind == "live_tensor_peak"
+    assert inference.peak_mem_bytes is not None and train.peak_mem_bytes is not None
+    # inference: weights + input + activations; no gradients
+    assert weights + activation <= inference.peak_mem_bytes < 2 * weights
+    # training: weights, their gradients and Adam's two moments (4x) plus activations
+    assert train.peak_mem_bytes >= 4 * weights + activation
+    bigger = measure(model, 4 * batch, **FAST)
+    assert bigger.peak_mem_bytes is not None
+    assert bigger.peak_mem_bytes - inference.peak_mem_bytes >= 3 * activation  # scales with batch
+    assert torch.is_grad_enabled()  # the tracker leaves no mode behind
+
+
 def test_options_are_recorded() -> None:
     model = zoo.create("resnet18", widths=[4, 8, 8, 8], img_size=8)
     rec = measure(model, 2, precision="bf16", channels_last=True, mode="train", **FAST)
@@ -84,11 +105,11 @@ def test_bad_settings_raise(kwargs: dict, message: str) -> None:
 
 
 def test_patterns_expand_and_unknown_patterns_raise() -> None:
-    assert resolve_models(["mlpmixer_p*"]) == [
-        "mlpmixer_p16",
+    assert resolve_models(["mlpmixer_p*"]) == [  # numbers in natural order
         "mlpmixer_p2",
         "mlpmixer_p4",
         "mlpmixer_p8",
+        "mlpmixer_p16",
     ]
     assert resolve_models(["resnet18", "resnet18"]) == ["resnet18"]
     with pytest.raises(BenchError, match=r"no model matches 'nothing_\*'"):

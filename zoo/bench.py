@@ -22,13 +22,13 @@ A training step is forward, cross-entropy loss, backward and an Adam step (the s
 optimiser) on random data. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``
 (matmuls and convolutions, 2 FLOPs per multiply-add); training counts forward + backward.
 
-Peak memory (``peak_mem_kind`` says which), over warm-up and timed steps: on CUDA
-``torch.cuda.max_memory_allocated`` (weights and input included); on Linux CPU the growth
-of the process's peak resident set (VmHWM, reset through ``/proc/self/clear_refs``) over
-the RSS before the first step, i.e. activations, gradients, optimiser state and allocator
-caches, but not the weights or the input; elsewhere the growth of ``ru_maxrss``, only a
-lower bound because it cannot be reset. CPU numbers are rounded to pages and can be 0 when
-the allocator reuses memory freed earlier in the process.
+Peak memory (``peak_mem_kind`` says which): on CUDA ``torch.cuda.max_memory_allocated``
+over warm-up and timed steps (weights, input, gradients, optimiser state, activations);
+elsewhere the peak of the bytes held by live tensors during one extra eager step, tracked op
+by op (``live_tensor_peak``: the same things counted, allocator caches and fragmentation
+not). A training step is measured as the first one, so gradients and the optimiser state
+are allocated inside it, as on CUDA. A process's resident set is no use here: the CPU
+allocator keeps and reuses freed memory, so its growth is mostly 0 after the first model.
 """
 
 from __future__ import annotations
@@ -40,13 +40,10 @@ import json
 import logging
 import math
 import re
-import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.env import environment
@@ -210,43 +207,61 @@ def _train_step(
 # -- timing --------------------------------------------------------------------------------
 
 
-def _rss_kib(key: str) -> int | None:
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    match = re.search(rf"^{key}:\s+(\d+)", status, re.MULTILINE)
-    return int(match.group(1)) if match else None
-
-
 @contextlib.contextmanager
-def _peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
-    """Yield a dict that holds ``bytes`` and ``kind`` once the block has run."""
+def _cuda_peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
+    """On CUDA, yield a dict that holds the peak allocated ``bytes`` once the block has run."""
     import torch
 
     result: dict[str, Any] = {"bytes": None, "kind": "unavailable"}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    if device.type != "cuda":
         yield result
-        result.update(bytes=torch.cuda.max_memory_allocated(device), kind="cuda_max_allocated")
         return
-    baseline = _rss_kib("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        resettable = baseline is not None
-    except OSError:
-        resettable = False
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    torch.cuda.reset_peak_memory_stats(device)
     yield result
-    if resettable:
-        peak = _rss_kib("VmHWM")
-        assert peak is not None and baseline is not None
-        result.update(bytes=max(peak - baseline, 0) * 1024, kind="cpu_peak_rss_growth")
-    else:
-        # ru_maxrss is KiB on Linux, bytes on macOS; it cannot be reset: a lower bound.
-        scale = 1 if sys.platform == "darwin" else 1024
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        result.update(bytes=(after - before) * scale, kind="cpu_maxrss_growth_lower_bound")
+    result.update(bytes=torch.cuda.max_memory_allocated(device), kind="cuda_max_allocated")
+
+
+def live_tensor_peak(step: Callable[[], Any], held: Sequence[torch.Tensor]) -> int:
+    """Peak bytes of live tensor storage while ``step`` runs, counting the ``held`` tensors
+    (weights, inputs) as live throughout. Every op's outputs are recorded as they are made;
+    storages whose last reference has gone are dropped before the next op's are added."""
+    import torch
+    from torch.multiprocessing.reductions import StorageWeakRef
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    live: dict[int, tuple[Any, int]] = {}
+    peak = current = 0
+
+    def track(tensor: torch.Tensor) -> None:
+        nonlocal current, peak
+        storage = tensor.untyped_storage()
+        ref = StorageWeakRef(storage)
+        if ref.cdata not in live and storage.nbytes() > 0:
+            live[ref.cdata] = (ref, storage.nbytes())
+            current += storage.nbytes()
+            peak = max(peak, current)
+
+    class Tracker(TorchDispatchMode):
+        def __torch_dispatch__(
+            self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            nonlocal current
+            out = func(*args, **(kwargs or {}))
+            for key, (ref, size) in list(live.items()):
+                if ref.expired():
+                    del live[key]
+                    current -= size
+            for leaf in tree_leaves(out):
+                if isinstance(leaf, torch.Tensor):
+                    track(leaf)
+            return out
+
+    for tensor in held:
+        track(tensor)
+    with Tracker():
+        step()
+    return peak
 
 
 def _time_steps(
@@ -392,8 +407,8 @@ def _measure(
     if compile:
         compile_mode = compile if isinstance(compile, str) else "default"
         timed = torch.compile(net, mode=compile_mode)  # type: ignore[assignment]
-    # Memory is tracked from before the first step, so warm-up's allocations count too.
-    with _peak_memory(dev) as mem:
+    # On CUDA memory is tracked from before the first step, so warm-up's allocations count.
+    with _cuda_peak_memory(dev) as mem:
         times = _time_steps(
             make_step(timed),
             dev,
@@ -405,6 +420,9 @@ def _measure(
         )
     # FLOPs on the eager model (FlopCounterMode cannot see inside a compiled graph).
     flops = _count_flops(make_step(net))
+    if dev.type != "cuda":  # a fresh step: a training one allocates gradients and Adam state
+        held = [*net.parameters(), *net.buffers(), x, y]
+        mem.update(bytes=live_tensor_peak(make_step(net), held), kind="live_tensor_peak")
     p50 = statistics.median(times)
     ms = [t * 1000 for t in times]
     return BenchRecord(
@@ -435,6 +453,10 @@ def _measure(
 # -- many models ---------------------------------------------------------------------------
 
 
+def _natural(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def resolve_models(names: Sequence[str]) -> list[str]:
     """Expand fnmatch patterns (``'mlpmixer_p*'``) to registered names; keep plain names
     (and run directories) as given so :func:`zoo.create` reports unknown ones."""
@@ -446,7 +468,7 @@ def resolve_models(names: Sequence[str]) -> list[str]:
             matches = list_models(name)
             if not matches:
                 raise BenchError(f"no model matches {name!r}; list models with `zoo models`")
-            resolved += matches
+            resolved += sorted(matches, key=_natural)  # mlpmixer_p2, p4, p8, p16
         else:
             resolved.append(name)
     return list(dict.fromkeys(resolved))

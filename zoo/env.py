@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -43,7 +44,19 @@ def device_name(device: str) -> str:
         return str(torch.cuda.get_device_name(torch.device(device)))
     if kind == "mps":
         return "Apple MPS"
-    return platform.processor() or platform.machine() or "cpu"
+    return _cpu_name()
+
+
+def _cpu_name() -> str:
+    """``Intel(R) Xeon(R) ... (2 logical CPUs)`` where Linux says; else what platform knows."""
+    cpus = f" ({os.cpu_count()} logical CPUs)" if os.cpu_count() else ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + cpus
+    except OSError:
+        pass
+    return (platform.processor() or platform.machine() or "cpu") + cpus
 
 
 def environment(device: str = "cpu") -> dict[str, Any]:
