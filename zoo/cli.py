@@ -215,6 +215,14 @@ def check_cmd(
     is_flag=True,
     help="Also log metrics to TensorBoard (<run>/tensorboard; needs `pip install tensorboard`).",
 )
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Train in N processes on this machine (DistributedDataParallel; one per GPU, or "
+    "gloo on CPU) by re-running this command under `torchrun --standalone`.",
+)
 def train_cmd(
     recipe: str | None,
     overrides: tuple[str, ...],
@@ -226,6 +234,7 @@ def train_cmd(
     force: bool,
     limit_train_batches: int | None,
     tensorboard: bool,
+    nproc: int | None,
 ) -> None:
     """Train RECIPE (a YAML file): train, validate each epoch, test, export the weights.
 
@@ -233,15 +242,19 @@ def train_cmd(
     zoo train recipes/quickstart.yaml
     zoo train recipes/resnet18_best.yaml --set data.dataset=fashion_mnist --set epochs=2
     zoo train --resume runs/quickstart/20260101-120000
+    zoo train recipes/resnet18_best.yaml --nproc 4   # 4 processes (torchrun), e.g. 4 GPUs
     """
     import sys
     from pathlib import Path
 
-    from zoo import progress, train
+    from zoo import distributed, progress, train
     from zoo.recipe import load_recipe, parse_shard
 
     if recipe is None and resume is None:
         raise click.UsageError("give a RECIPE file, or --resume RUN_DIR to continue a run")
+    place = distributed.from_env()
+    if nproc is not None and nproc > 1 and not dry_run:
+        _launch_torchrun(nproc, place)
     sets = [
         *overrides,
         *(
@@ -258,7 +271,14 @@ def train_cmd(
     slice_ = parse_shard(shard) if shard else None
     if dry_run:
         assert loaded is not None
-        _echo_plan(train.plan(loaded, out, device=device, shard=slice_))
+        world = nproc or place.world_size
+        _echo_plan(train.plan(loaded, out, device=device, shard=slice_, world_size=world))
+        return
+    if not place.is_main:  # rank 0 reports for the whole job
+        train.run_recipe(
+            loaded, out, resume=resume, device=device, force=force, progress=[], shard=slice_
+        )
+        distributed.cleanup()
         return
     for name in ("zoo.train", "zoo.sweep"):  # progress lines are INFO records
         if logging.getLogger(name).getEffectiveLevel() > logging.INFO:
@@ -278,12 +298,35 @@ def train_cmd(
     path = train.run_recipe(
         loaded, out, resume=resume, device=device, force=force, progress=reporters, shard=slice_
     )
+    distributed.cleanup()
     _echo_outcome(path)
+
+
+def _launch_torchrun(nproc: int, place: Any) -> None:
+    """Replace this process by `torchrun --standalone --nproc-per-node N -m zoo ...` with
+    the same arguments minus --nproc; its exit status becomes this command's."""
+    import os
+    import sys
+
+    from zoo.distributed import torchrun_command
+
+    if place.enabled:
+        raise click.UsageError(
+            "--nproc starts torchrun, but this process already runs under torchrun; leave "
+            "--nproc out"
+        )
+    command = torchrun_command(sys.argv[1:], nproc)
+    click.echo(f"launching: {' '.join(command)}", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
 
 
 def _echo_plan(plan: dict[str, Any]) -> None:
     click.echo(plan["recipe"].rstrip())
     click.echo(f"# device: {plan['device']}")
+    if plan["world_size"] > 1:
+        click.echo(f"# {plan['world_size']} processes (DistributedDataParallel)")
     if plan["sweep_dir"]:
         click.echo(f"# sweep directory: {plan['sweep_dir']} ({len(plan['runs'])} runs)")
     for run in plan["runs"]:
@@ -292,6 +335,11 @@ def _echo_plan(plan: dict[str, Any]) -> None:
             f"# {run['run_dir']}: {run['model']} ({run['params']:,} parameters) on "
             f"{run['dataset']} {'x'.join(map(str, run['input']))} ({splits}); "
             f"{run['epochs']} epochs of {run['steps_per_epoch']} steps"
+            + (
+                f" of {run['batch_size_per_process']} images per process"
+                if plan["world_size"] > 1
+                else ""
+            )
         )
     click.echo("# dry run: nothing was trained")
 
@@ -315,6 +363,48 @@ def _echo_outcome(path: Any) -> None:
         if curves.is_file()
         else f"metrics:       {path / 'metrics.jsonl'}"
     )
+
+
+@cli.group("sweep")
+def sweep_group() -> None:
+    """Inspect sweeps (e.g. one trained by array jobs with `zoo train SWEEP --shard I/N`)."""
+
+
+@sweep_group.command("status")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def sweep_status_cmd(directory: str, as_json: bool) -> None:
+    """Show which points of the sweep in DIRECTORY are done, running, failed or missing.
+
+    running: the point has files but no summary.json yet (a shard is training it, or was
+    killed: see how long ago it last wrote). Restart killed or missing points with
+    `zoo train --resume DIRECTORY [--shard I/N]`.
+    """
+    from zoo.sweep import STATUSES, sweep_status
+
+    rows = sweep_status(directory)
+    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+    if as_json:
+        click.echo(json.dumps({"directory": directory, "counts": counts, "points": rows}, indent=2))
+        return
+    click.echo(f"{directory}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    click.echo(f"{'#':>4}  {'status':<8} {'epoch':>9}  {'test acc':>8}  {'updated':>9}  point")
+    for r in rows:
+        epoch = f"{r['epoch']}/{r['epochs']}" if r["epoch"] is not None else "-"
+        acc = f"{r['test_acc']:.4f}" if isinstance(r["test_acc"], float) else "-"
+        age = _age(r["updated_s_ago"]) if r["status"] != "missing" else "-"
+        click.echo(f"{r['index']:>4}  {r['status']:<8} {epoch:>9}  {acc:>8}  {age:>9}  {r['name']}")
+        if r["error"]:
+            click.echo(f"      error: {r['error']}")
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
 
 
 # -- benchmarks, figures, report -----------------------------------------------------------

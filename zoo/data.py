@@ -534,17 +534,21 @@ def batches(
     std: Sequence[float],
     drop_last: bool = False,
     channels_last: bool = False,
+    order: torch.Tensor | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (float32 normalised images, int64 labels) on the split's device.
 
     All randomness (order and augmentation) is drawn on the CPU from ``generator``, so the
-    same seed gives the same batches on every device.
+    same seed gives the same batches on every device. ``order`` gives the indices to visit
+    instead (a distributed rank's shard); ``shuffle`` is then ignored.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
-    n = len(split)
     scale, shift = _normalise_constants(mean, std, split.images.device)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    if order is None:
+        n = len(split)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    n = len(order)
     order = order.to(split.images.device)
     for b in range(num_batches(n, batch_size, drop_last)):
         idx = order[b * batch_size : (b + 1) * batch_size]

@@ -64,6 +64,7 @@ BUILTIN_OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam", "adamw")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 SCHEDULES: tuple[str, ...] = ("none", "cosine", "step")
 ON_NAN: tuple[str, ...] = ("stop", "skip")
+BATCH_SIZE_MODES: tuple[str, ...] = ("per_rank", "global")  # see zoo.distributed
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,2})?)$")
 SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # no dots: `model.tag` splits at the last dot
@@ -119,6 +120,9 @@ class DataSpec:
     dataset: str = "cifar10"
     root: str | None = None
     batch_size: int = 128
+    # Under torchrun: per_rank = batch_size images per process (global batch = batch_size x
+    # processes); global = batch_size images per step over all processes (must divide evenly).
+    batch_size_mode: str = "per_rank"
     eval_batch_size: int | None = None
     valid_size: int | None = None
     split_seed: int = 0
@@ -692,6 +696,7 @@ _CHECKS: dict[str, Callable[[Any, str, str], None]] = {
     "limit_train_batches": _POSITIVE_INT,
     "limit_eval_batches": _POSITIVE_INT,
     "data.batch_size": _range(1, MAX_BATCH_SIZE, fix=f"use 1 to {MAX_BATCH_SIZE}, e.g. 128"),
+    "data.batch_size_mode": _choice(BATCH_SIZE_MODES),
     "data.eval_batch_size": _range(1, MAX_BATCH_SIZE, fix=f"use 1 to {MAX_BATCH_SIZE} or null"),
     "data.valid_size": _range(0, fix="hold out 0 or more images, or null for the default"),
     "data.split_seed": _range(0, 2**32 - 1, fix="use a seed between 0 and 4294967295"),

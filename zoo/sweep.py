@@ -4,6 +4,7 @@ A sweep directory holds the un-expanded ``recipe.yaml``, one run directory per p
 (named by its values, e.g. ``optim.lr=0.1``) and ``sweep.json``, an index rebuilt from the
 point directories after every point, so shards of one sweep (``--shard i/n``) running at
 the same time into the same directory converge on a complete index.
+:func:`sweep_status` reads the point directories themselves (``zoo sweep status DIR``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +32,9 @@ from zoo.train import (
 if TYPE_CHECKING:
     from zoo.recipe import Recipe
 
-__all__ = ["run_sweep", "write_sweep_index"]
+__all__ = ["STATUSES", "run_sweep", "sweep_status", "write_sweep_index"]
+
+STATUSES = ("done", "running", "failed", "missing")
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +49,27 @@ def run_sweep(
     progress: Progress | Sequence[Progress] | None,
     shard: tuple[int, int] | None,
 ) -> Path:
+    from zoo import distributed
     from zoo.recipe import expand_sweep, shard_points
+    from zoo.train import select_device
 
     if resume is not None:
         root = Path(resume)
         recipe = resume_recipe(root, recipe)
     else:
         assert recipe is not None
-        root = _claim_sweep_root(recipe, out_dir, force, shard)
+    # Under torchrun every point trains on all processes; rank 0 alone writes the index.
+    place = distributed.from_env()
+    if place.enabled:
+        place, _ = distributed.setup(select_device(device or recipe.device))
+    if resume is None:
+        root = _claim_sweep_root(recipe, out_dir, force, shard, claim=place.is_main)
+        root = distributed.broadcast_object(root)  # rank 0's default timestamp
     points = expand_sweep(recipe)
     mine = shard_points(points, *shard) if shard else points
     failed: dict[int, str] = {}
-    write_sweep_index(root, recipe, points, failed)
+    write_index = write_sweep_index if place.is_main else _no_index
+    write_index(root, recipe, points, failed)
     for point in mine:
         point_dir = root / point.name
         if resume is not None and (point_dir / "summary.json").is_file():
@@ -75,17 +88,26 @@ def run_sweep(
                 sweep_values=dict(point.values),
             )
         except TrainingInterrupted:
-            write_sweep_index(root, recipe, points, failed)
+            write_index(root, recipe, points, failed)
             raise
         except TrainingError as e:  # one diverging point must not end the sweep
             failed[point.index] = str(e)
             log.error("sweep point %s failed: %s", point.name, e)
-        write_sweep_index(root, recipe, points, failed)
+        write_index(root, recipe, points, failed)
     return root
 
 
+def _no_index(root: Path, recipe: Recipe, points: Sequence[Any], failed: Mapping[int, str]) -> None:
+    """What ranks other than 0 write: nothing."""
+
+
 def _claim_sweep_root(
-    recipe: Recipe, out_dir: str | Path | None, force: bool, shard: tuple[int, int] | None
+    recipe: Recipe,
+    out_dir: str | Path | None,
+    force: bool,
+    shard: tuple[int, int] | None,
+    *,
+    claim: bool = True,
 ) -> Path:
     from zoo.recipe import load_recipe
 
@@ -94,6 +116,8 @@ def _claim_sweep_root(
             "--shard needs --out DIR so that every shard writes into the same sweep directory"
         )
     root = Path(out_dir) if out_dir is not None else default_run_dir(recipe)
+    if not claim:
+        return root
     existing = root / "recipe.yaml"
     # Shards of one sweep share the root: an identical recipe.yaml there is expected.
     if existing.is_file() and not force and load_recipe(existing).to_dict() == recipe.to_dict():
@@ -134,3 +158,74 @@ def write_sweep_index(
         rows.append(row)
     keys = list(recipe.sweep or {})
     atomic_write_json(root / "sweep.json", {"name": recipe.name, "keys": keys, "points": rows})
+
+
+def sweep_status(root: str | Path, now: float | None = None) -> list[dict[str, Any]]:
+    """Every point of the sweep in ``root``, read from its directory: ``done`` (summary.json),
+    ``failed`` (the index records its error and it has no summary), ``running`` (started:
+    it has files but no summary; ``epoch`` is its last completed epoch, ``updated_s_ago``
+    tells a live run from a killed one) or ``missing`` (not started by any shard)."""
+    from zoo.recipe import expand_sweep, load_recipe
+
+    root = Path(root)
+    if not (root / "recipe.yaml").is_file():
+        raise RunError(
+            f"{root} holds no recipe.yaml, so it is not a zoo sweep directory; give the --out "
+            "directory of `zoo train SWEEP`"
+        )
+    recipe = load_recipe(root / "recipe.yaml")
+    if not recipe.sweep:
+        raise RunError(f"{root} is a single run, not a sweep (its recipe has no `sweep:`)")
+    index: dict[int, dict[str, Any]] = {}
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        old = json.loads((root / "sweep.json").read_text(encoding="utf-8"))
+        index = {row["index"]: row for row in old["points"]}
+    now = time.time() if now is None else now
+    return [
+        _point_status(root / p.name, p, index.get(p.index, {}), now) for p in expand_sweep(recipe)
+    ]
+
+
+def _point_status(
+    directory: Path, point: Any, indexed: Mapping[str, Any], now: float
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "index": point.index,
+        "name": point.name,
+        "values": dict(point.values),
+        "run_dir": str(directory),
+        "epochs": point.recipe.epochs,
+        "epoch": None,
+        "test_acc": None,
+        "updated_s_ago": None,
+        "error": None,
+    }
+    files = (directory, *directory.glob("*"), *directory.glob(f"{CHECKPOINT_DIR}/*"))
+    times = []
+    for path in files:
+        with contextlib.suppress(OSError):  # a temporary file renamed meanwhile
+            times.append(path.stat().st_mtime)
+    if times:
+        row["updated_s_ago"] = max(0.0, now - max(times))
+    summary = None
+    with contextlib.suppress(OSError, ValueError):
+        summary = json.loads((directory / "summary.json").read_text(encoding="utf-8"))
+    if isinstance(summary, dict):
+        row.update(status="done", epoch=summary.get("epochs"), test_acc=summary.get("test_acc"))
+        return row
+    row["epoch"] = _last_epoch(directory) if times else None
+    if indexed.get("status") == "failed":
+        row.update(status="failed", error=indexed.get("error"))
+    elif (directory / "recipe.yaml").is_file() or (directory / CHECKPOINT_DIR).is_dir():
+        row["status"] = "running"
+    else:
+        row["status"] = "missing"
+    return row
+
+
+def _last_epoch(directory: Path) -> int:
+    """The last epoch the point's checkpoint holds (0: none finished yet)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        record = json.loads((directory / CHECKPOINT_DIR / JSON_NAME).read_text(encoding="utf-8"))
+        return int(record["epoch"])
+    return 0

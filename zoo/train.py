@@ -13,6 +13,10 @@ with exactly the weights of an uninterrupted run.
 
 The learning-rate schedule is stepped once per optimizer step (iteration), not per epoch;
 ``warmup_epochs`` and ``step_size`` are given in epochs and converted to iterations.
+
+Under torchrun the same loop runs in every process, with DistributedDataParallel, a shard
+of each epoch's permutation per rank, evaluation summed over ranks and rank 0 alone
+writing; :mod:`zoo.distributed` says how. With one process none of that code runs.
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zoo import distributed
 from zoo._io import atomic_write_json, atomic_write_text
 from zoo.checkpoint import CHECKPOINT_DIR, get_rng_state, load_checkpoint, set_rng_state
 from zoo.checkpoint import save_checkpoint as _save_checkpoint
+from zoo.distributed import SINGLE, Dist
 from zoo.errors import RecipeError, RunError, TrainingError, ZooError
 from zoo.progress import Progress, combine
 
@@ -166,10 +172,14 @@ def default_run_dir(recipe: Recipe, now: datetime | None = None) -> Path:
     return Path("runs") / recipe.name / stamp
 
 
-def steps_per_epoch(recipe: Recipe, train_size: int) -> int:
+def steps_per_epoch(recipe: Recipe, train_size: int, world_size: int = 1) -> int:
+    """Optimizer steps per epoch; with ``world_size`` processes each takes a
+    ``ceil(train_size / world_size)`` shard in batches of its per-rank batch size."""
     from zoo.data import num_batches
 
-    steps = num_batches(train_size, recipe.data.batch_size, drop_last=False)
+    d = recipe.data
+    batch = distributed.rank_batch_size(d.batch_size, d.batch_size_mode, world_size)
+    steps = num_batches(math.ceil(train_size / world_size), batch, drop_last=False)
     if recipe.limit_train_batches is not None:
         steps = min(steps, recipe.limit_train_batches)
     return steps
@@ -283,7 +293,8 @@ class Run:
     recipe: Recipe
     data: DataBundle
     model: nn.Module  # the module whose state is saved
-    forward: Callable[[torch.Tensor], torch.Tensor]  # model, or its torch.compile'd wrapper
+    # model, or its DistributedDataParallel and/or torch.compile wrapper
+    forward: Callable[[torch.Tensor], torch.Tensor]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: Any  # torch.amp.GradScaler for fp16, else None
@@ -296,10 +307,17 @@ class Run:
     best_valid_acc: float = -1.0
     wall_time_s: float = 0.0
     stop_requested: bool = False
+    dist: Dist = SINGLE  # this process's place under torchrun
 
     @property
     def device_type(self) -> str:
         return self.device.split(":")[0]
+
+    @property
+    def batch_size(self) -> int:
+        """Training images per step in this process."""
+        d = self.recipe.data
+        return distributed.rank_batch_size(d.batch_size, d.batch_size_mode, self.dist.world_size)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         import torch
@@ -316,19 +334,27 @@ def train_epoch(run: Run, epoch: int, progress: Progress) -> dict[str, float]:
 
     from zoo.data import batches
 
-    r, model = run.recipe, run.model
+    r, model, place = run.recipe, run.model, run.dist
     model.train()
     generator = torch.Generator()  # zoo.data draws all randomness on the CPU
     generator.manual_seed(epoch_seed(r.seed, epoch))
+    order = None
+    if place.enabled:
+        # Every rank draws the same permutation and takes its own slice; augmentation and
+        # dropout then draw from rank-distinct seeds that a resumed run recomputes.
+        order = distributed.shard_order(len(run.data.train), place, generator)
+        generator.manual_seed(distributed.rank_seed(r.seed, epoch, place.rank, "augment"))
+        torch.manual_seed(distributed.rank_seed(r.seed, epoch, place.rank, "dropout"))
     stream = batches(
         run.data.train,
-        r.data.batch_size,
+        run.batch_size,
         shuffle=True,
         generator=generator,
         augment=_augment(r),
         mean=run.data.mean,
         std=run.data.std,
         channels_last=r.channels_last,
+        order=order,
     )
     loss_sum, correct, seen, skipped = 0.0, 0, 0, 0
     start = time.perf_counter()
@@ -338,6 +364,8 @@ def train_epoch(run: Run, epoch: int, progress: Progress) -> dict[str, float]:
             loss = F.cross_entropy(logits.float(), y, label_smoothing=r.label_smoothing)
         value = loss.item()
         run.optimizer.zero_grad(set_to_none=True)
+        if place.enabled and not math.isfinite(_sum_over_ranks(run, loss)):
+            value = math.nan  # all ranks skip or stop together: DDP's backward is a collective
         if not math.isfinite(value):
             _on_bad_loss(run, value, epoch, step)
             skipped += 1
@@ -355,17 +383,26 @@ def train_epoch(run: Run, epoch: int, progress: Progress) -> dict[str, float]:
                 "steps": run.steps,
                 "loss": loss_sum / max(seen, 1),
                 "acc": correct / max(seen, 1),
-                "images_per_s": (seen + skipped * r.data.batch_size)
-                / (time.perf_counter() - start),
+                "images_per_s": (seen + skipped * run.batch_size) / (time.perf_counter() - start),
             }
         )
     seconds = time.perf_counter() - start
+    if place.enabled:  # metrics of the whole global batch; images/s of all ranks together
+        loss_sum, sums_correct, sums_seen = distributed.all_reduce_sum(
+            [loss_sum, correct, seen], run.device
+        )
+        correct, seen = int(sums_correct), int(sums_seen)
     out = {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
     out["train_seconds"] = seconds
     out["images_per_s"] = seen / seconds if seconds > 0 else 0.0
     if r.on_nan == "skip":
         out["skipped_steps"] = skipped
     return out
+
+
+def _sum_over_ranks(run: Run, loss: torch.Tensor) -> float:
+    """The loss summed over ranks: NaN when any rank's is."""
+    return distributed.all_reduce_sum([loss.detach().float()], run.device)[0]
 
 
 def _backward_and_step(run: Run, loss: torch.Tensor) -> None:
@@ -424,6 +461,31 @@ def evaluate(
 ) -> tuple[float, float]:
     """Mean cross-entropy (no label smoothing) and accuracy on ``split``; the caller puts
     the model in eval mode."""
+    loss_sum, correct, seen = _eval_sums(
+        forward,
+        split,
+        data,
+        batch_size=batch_size,
+        limit=limit,
+        channels_last=channels_last,
+        autocast=autocast,
+    )
+    if seen == 0:
+        return math.nan, math.nan
+    return loss_sum.item() / seen, correct.item() / seen
+
+
+def _eval_sums(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    split: Split,
+    data: DataBundle,
+    *,
+    batch_size: int,
+    limit: int | None,
+    channels_last: bool,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Summed cross-entropy, number correct and number of images of :func:`evaluate`."""
     import torch
     import torch.nn.functional as F
 
@@ -449,23 +511,51 @@ def evaluate(
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-    if seen == 0:
-        return math.nan, math.nan
-    return loss_sum.item() / seen, correct.item() / seen
+    return loss_sum, correct, seen
 
 
 def _evaluate_run(run: Run, split: Split) -> tuple[float, float]:
     run.model.eval()
     r = run.recipe
-    return evaluate(
-        run.forward,
-        split,
+    batch_size = r.data.eval_batch_size or r.data.batch_size
+    if not run.dist.enabled:
+        return evaluate(
+            run.forward,
+            split,
+            run.data,
+            batch_size=batch_size,
+            limit=r.limit_eval_batches,
+            channels_last=r.channels_last,
+            autocast=run.autocast,
+        )
+    return _evaluate_distributed(run, split, batch_size)
+
+
+def _evaluate_distributed(run: Run, split: Split, batch_size: int) -> tuple[float, float]:
+    """Each rank evaluates a slice of the images a single process would and the sums are
+    added up, so the accuracy is the single-process accuracy of these weights."""
+    from zoo.data import Split
+
+    r, place = run.recipe, run.dist
+    distributed.broadcast_buffers(run.model)  # rank 0's BatchNorm statistics: the saved ones
+    n = len(split)
+    if r.limit_eval_batches is not None:
+        n = min(n, r.limit_eval_batches * batch_size)
+    lo, hi = distributed.eval_slice(n, place)
+    mine = Split(split.images[lo:hi], split.labels[lo:hi])
+    sums = _eval_sums(
+        run.model,  # not the DDP wrapper: no gradient hooks, no buffer broadcasts per batch
+        mine,
         run.data,
-        batch_size=r.data.eval_batch_size or r.data.batch_size,
-        limit=r.limit_eval_batches,
+        batch_size=batch_size,
+        limit=None,
         channels_last=r.channels_last,
         autocast=run.autocast,
     )
+    loss_sum, correct, seen = distributed.all_reduce_sum(sums, run.device)
+    if seen == 0:
+        return math.nan, math.nan
+    return loss_sum / seen, correct / seen
 
 
 # -- run directory, checkpoints, resume ----------------------------------------------------
@@ -545,6 +635,7 @@ def _checkpoint_state(run: Run) -> dict[str, Any]:
         "best_valid_acc": run.best_valid_acc,
         "wall_time_s": run.wall_time_s,
         "recipe_hash": run.recipe.hash(),
+        **({"world_size": run.dist.world_size} if run.dist.enabled else {}),
     }
 
 
@@ -553,6 +644,14 @@ def _restore(run: Run) -> int:
     from zoo.export import load_weights
 
     state, epoch = load_checkpoint(run.run_dir / CHECKPOINT_DIR)
+    saved = state.get("world_size", 1)
+    if saved != run.dist.world_size:  # the data order, batch and schedule depend on it
+        how = f"torchrun --nproc-per-node {saved} -m zoo" if saved > 1 else "zoo (one process)"
+        raise RunError(
+            f"cannot resume {run.run_dir} in {run.dist.world_size} process(es): its checkpoint "
+            f"was written by a {saved}-process run; resume it with `{how} train --resume "
+            f"{run.run_dir}`"
+        )
     load_weights(run.model, state["model"], str(run.run_dir / CHECKPOINT_DIR))
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -609,17 +708,21 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def setup_run(recipe: Recipe, data: DataBundle, device: str, run_dir: Path) -> Run:
+def setup_run(
+    recipe: Recipe, data: DataBundle, device: str, run_dir: Path, dist: Dist = SINGLE
+) -> Run:
     """Model, optimizer, schedule and precision for ``recipe``: a :class:`Run` ready for
-    :func:`train_epoch` (seed torch first for a reproducible initialisation)."""
+    :func:`train_epoch` (seed torch first for a reproducible initialisation). Under
+    torchrun (``dist``), the model trains wrapped in DistributedDataParallel."""
     import torch
 
     model = build_model(recipe, data).to(device)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    forward: Any = torch.compile(model) if recipe.compile else model
+    forward: Any = distributed.wrap(model, device) if dist.enabled else model
+    forward = torch.compile(forward) if recipe.compile else forward
     optimizer = build_optimizer(model, recipe.optim)
-    steps = steps_per_epoch(recipe, len(data.train))
+    steps = steps_per_epoch(recipe, len(data.train), dist.world_size)
     if steps < 1:
         raise RecipeError(
             f"{recipe.name}: an epoch would have no training batches (train split of "
@@ -638,6 +741,7 @@ def setup_run(recipe: Recipe, data: DataBundle, device: str, run_dir: Path) -> R
         amp_dtype=autocast_dtype(recipe.precision, device_type),
         steps=steps,
         run_dir=run_dir,
+        dist=dist,
     )
 
 
@@ -659,8 +763,12 @@ def fit(
     checkpoint (``recipe`` None: the run's own recipe). ``device`` overrides the recipe's.
     ``progress`` receives event dicts ("start", "step", "epoch", "end"); default: log lines.
     ``data`` is a prebuilt :class:`~zoo.data.DataBundle` to reuse (sweeps, benchmarks).
+
+    Started by torchrun, every process calls this; they train one model together (see
+    :mod:`zoo.distributed`) and rank 0 alone writes the run directory and reports progress.
     """
     started = time.perf_counter()
+    place = distributed.from_env()
     if resume is not None:
         run_dir = Path(resume)
         recipe = resume_recipe(run_dir, recipe)
@@ -668,18 +776,23 @@ def fit(
         raise ValueError("fit() needs a recipe or resume=RUN_DIR")
     else:
         run_dir = Path(out_dir) if out_dir is not None else default_run_dir(recipe)
-        _check_run_dir(run_dir, force)  # refuse now; create it only once setup has worked
-    report = combine(progress)
+        if place.is_main:
+            _check_run_dir(run_dir, force)  # refuse now; create it only once setup has worked
+    report = combine(progress) if place.is_main else _silent
     dev = select_device(device or recipe.device)
     autocast_dtype(recipe.precision, dev.split(":")[0])  # fail before loading data
+    place, dev = distributed.setup(dev)
+    if resume is None and out_dir is None:
+        run_dir = distributed.broadcast_object(run_dir)  # rank 0's timestamp
     _seed_everything(recipe.seed)
     data = data if data is not None else build_data(recipe, dev)
-    run = setup_run(recipe, data, dev, run_dir)
+    run = setup_run(recipe, data, dev, run_dir, place)
     first = 1
     if resume is not None:
         first = _restore(run) + 1
-        log.info("resuming %s after epoch %d of %d", run_dir, first - 1, recipe.epochs)
-    else:
+        if place.is_main:
+            log.info("resuming %s after epoch %d of %d", run_dir, first - 1, recipe.epochs)
+    elif place.is_main:
         claim_run_dir(run_dir, force)
         atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
     prior = run.wall_time_s
@@ -698,9 +811,15 @@ def fit(
         _train(run, first, report, lambda: prior + time.perf_counter() - started)
     with _write_errors(run, "the final weights", recipe.epochs):
         summary = _finish(run, sweep_values, prior + time.perf_counter() - started)
+    distributed.barrier()  # on every rank, fit returns once summary.json is written
     report({"event": "end", "run_dir": str(run_dir), "summary": summary})
-    _after_run(run_dir, recipe)
+    if place.is_main:
+        _after_run(run_dir, recipe)
     return run_dir
+
+
+def _silent(event: Mapping[str, Any]) -> None:
+    """The progress of ranks other than 0: rank 0 reports for the job."""
 
 
 def _train(run: Run, first: int, report: Progress, elapsed: Callable[[], float]) -> None:
@@ -727,10 +846,11 @@ def _train(run: Run, first: int, report: Progress, elapsed: Callable[[], float])
             run.history.append(metrics)
             # metrics first, checkpoint second: a crash in between only repeats this epoch
             lines = "".join(json.dumps(m) + "\n" for m in run.history)
-            with _write_errors(run, f"the checkpoint of epoch {epoch}", done):
-                atomic_write_text(run.run_dir / "metrics.jsonl", lines)
-                run.wall_time_s = elapsed()
-                _save_checkpoint(run.run_dir / CHECKPOINT_DIR, _checkpoint_state(run), epoch)
+            run.wall_time_s = elapsed()
+            if run.dist.is_main:
+                with _write_errors(run, f"the checkpoint of epoch {epoch}", done):
+                    atomic_write_text(run.run_dir / "metrics.jsonl", lines)
+                    _save_checkpoint(run.run_dir / CHECKPOINT_DIR, _checkpoint_state(run), epoch)
             done = epoch
             report({"event": "epoch", "epochs": r.epochs, **metrics})
             if run.stop_requested and epoch < r.epochs:
@@ -769,6 +889,8 @@ def _finish(run: Run, sweep_values: Mapping[str, Any] | None, wall_time_s: float
 
     r, data = run.recipe, run.data
     test_loss, test_acc = _evaluate_run(run, data.test)
+    if not run.dist.is_main:
+        return {}
     export.save_model_files(
         run.model,
         run.run_dir,
@@ -794,6 +916,12 @@ def _finish(run: Run, sweep_values: Mapping[str, Any] | None, wall_time_s: float
         "sweep_values": dict(sweep_values) if sweep_values is not None else None,
         "env": environment(run.device),
     }
+    if run.dist.enabled:
+        summary["distributed"] = {
+            "world_size": run.dist.world_size,
+            "batch_size_per_rank": run.batch_size,
+            "global_batch_size": run.batch_size * run.dist.world_size,
+        }
     atomic_write_json(run.run_dir / "summary.json", summary)  # last: marks the run done
     log.info(
         "%s: test accuracy %.4f (final weights; best valid epoch %d)",
@@ -890,9 +1018,11 @@ def plan(
     *,
     device: str | None = None,
     shard: tuple[int, int] | None = None,
+    world_size: int = 1,
 ) -> dict[str, Any]:
     """What ``run_recipe`` would do, without training: resolved recipe, device, data shapes,
-    each run's model and parameter count, and the run directories."""
+    each run's model and parameter count, and the run directories (``world_size``: in that
+    many torchrun processes)."""
     import torch
 
     from zoo.recipe import expand_sweep, shard_points
@@ -922,13 +1052,17 @@ def plan(
                 "dataset": data.name,
                 "input": [data.in_chans, data.img_size, data.img_size],
                 "splits": {s: len(getattr(data, s)) for s in ("train", "valid", "test")},
-                "steps_per_epoch": steps_per_epoch(run_recipe_, len(data.train)),
+                "steps_per_epoch": steps_per_epoch(run_recipe_, len(data.train), world_size),
                 "epochs": run_recipe_.epochs,
+                "batch_size_per_process": distributed.rank_batch_size(
+                    run_recipe_.data.batch_size, run_recipe_.data.batch_size_mode, world_size
+                ),
             }
         )
     return {
         "recipe": recipe.to_yaml(),
         "device": dev,
         "sweep_dir": str(root) if points else None,
+        "world_size": world_size,
         "runs": planned,
     }
