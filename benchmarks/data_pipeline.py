@@ -9,7 +9,7 @@ shuffled:
   ``DataLoader`` (``num_workers`` 0 and 2), reading images the way
   ``torchvision.datasets.CIFAR10.__getitem__`` does (``Image.fromarray`` on an HWC array);
 - zoo:   ``zoo.data.batches`` over one uint8 tensor with
-  ``AugmentConfig(hflip=True, crop_scale=(0.8, 1.0), crop_ratio=(0.9, 1.1))``.
+  ``zoo.augment.AugmentConfig(hflip=True, crop_scale=(0.8, 1.0), crop_ratio=(0.9, 1.1))``.
 
 Each pipeline is timed in the same process, alternating, ``--repeats`` times; a repeat
 consumes ``--batches`` batches after ``--warmup`` untimed ones (so DataLoader worker start-up
@@ -38,6 +38,7 @@ from torchvision import transforms
 
 from zoo import data as zdata
 from zoo._io import atomic_write_json, atomic_write_text
+from zoo.augment import AugmentConfig
 from zoo.env import environment
 
 N, SIZE, BATCH = 50_000, 32, 128
@@ -83,7 +84,7 @@ def _seed_batches(dataset: _SeedDataset, workers: int, seed: int) -> Iterator[An
 
 
 def _zoo_batches(split: zdata.Split, seed: int) -> Iterator[Any]:
-    augment = zdata.AugmentConfig(hflip=True, crop_scale=SCALE, crop_ratio=RATIO)
+    augment = AugmentConfig(hflip=True, crop_scale=SCALE, crop_ratio=RATIO)
     gen = torch.Generator().manual_seed(seed)
     return zdata.batches(
         split, BATCH, shuffle=True, generator=gen, augment=augment, mean=MEAN, std=STD

@@ -35,9 +35,10 @@ import zoo
 from zoo import data as zdata
 from zoo.checkpoint import load_checkpoint
 from zoo.env import environment
+from zoo.evaluation import evaluate
 from zoo.progress import LogProgress
 from zoo.recipe import load_recipe
-from zoo.train import TrainingInterrupted, evaluate, fit
+from zoo.train import TrainingInterrupted, fit
 
 IDX_DIR = Path("/usr/share/datasets/fashion-mnist")
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"

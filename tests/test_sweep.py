@@ -18,16 +18,16 @@ from click.testing import CliRunner
 from zoo.checkpoint import CHECKPOINT_DIR, JSON_NAME
 from zoo.cli import cli
 from zoo.errors import RunError
+from zoo.launch import plan, run_recipe
 from zoo.recipe import expand_sweep, from_dict
 from zoo.sweep import sweep_status
-from zoo.train import plan, run_recipe
 
 
 @pytest.fixture(autouse=True)
 def _one_thread_no_plots(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     import zoo.train
 
-    monkeypatch.setattr(zoo.train, "_after_run", lambda run_dir, recipe: None)
+    monkeypatch.setattr(zoo.train, "after_run", lambda run_dir, recipe: None)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

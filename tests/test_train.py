@@ -19,17 +19,10 @@ from torch import nn
 from zoo.checkpoint import load_checkpoint
 from zoo.cli import cli
 from zoo.errors import RecipeError, RunError, TrainingError
+from zoo.launch import run_recipe
 from zoo.recipe import from_dict
-from zoo.train import (
-    TrainingInterrupted,
-    autocast_dtype,
-    build_optimizer,
-    fit,
-    lr_factor,
-    run_recipe,
-    select_device,
-)
-from zoo.train import _after_run as real_after_run
+from zoo.rundir import after_run as real_after_run
+from zoo.train import TrainingInterrupted, autocast_dtype, fit, select_device
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 TIMING_KEYS = {"seconds", "train_seconds", "images_per_s"}
@@ -53,7 +46,7 @@ def _skip_card_and_plots(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     import zoo.train
 
     calls: list[Path] = []
-    monkeypatch.setattr(zoo.train, "_after_run", lambda run_dir, recipe: calls.append(run_dir))
+    monkeypatch.setattr(zoo.train, "after_run", lambda run_dir, recipe: calls.append(run_dir))
     return calls
 
 
@@ -127,41 +120,6 @@ def test_autocast_dtype_per_precision_and_device() -> None:
     assert autocast_dtype("fp16", "cuda") is torch.float16
     with pytest.raises(RecipeError, match=r"fp16 needs a CUDA device.*use precision: bf16"):
         autocast_dtype("fp16", "cpu")
-
-
-def test_lr_factor_warmup_cosine_and_step() -> None:
-    cosine = from_dict(tiny(**{"schedule.warmup_epochs": 1, "schedule.min_lr": 0.001})).schedule
-    kw = {"steps_per_epoch": 10, "total_steps": 30, "base_lr": 0.01}
-    assert [lr_factor(s, cosine, **kw) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
-    assert lr_factor(10, cosine, **kw) == 1.0
-    assert lr_factor(30, cosine, **kw) == pytest.approx(0.1)  # min_lr / lr
-    step = from_dict(tiny(**{"schedule": {"name": "step", "step_size": 2, "gamma": 0.5}})).schedule
-    assert [lr_factor(s, step, **kw) for s in (0, 19, 20, 40)] == [1.0, 1.0, 0.5, 0.25]
-    none = from_dict(tiny(**{"schedule": {"name": "none"}})).schedule
-    assert lr_factor(29, none, **kw) == 1.0
-
-
-@pytest.mark.parametrize(
-    ("name", "cls", "momentum"),
-    [
-        ("sgd", "SGD", 0.0),
-        ("momentum", "SGD", 0.8),
-        ("adam", "Adam", None),
-        ("adamw", "AdamW", None),
-        ("lamb", "Lamb", None),
-    ],
-)
-def test_optimizers_behave_as_named(name: str, cls: str, momentum: float | None) -> None:
-    spec = from_dict(
-        tiny(**{"optim": {"name": name, "lr": 0.1, "momentum": 0.8, "weight_decay": 0.01}})
-    ).optim
-    opt = build_optimizer(nn.Linear(2, 2), spec)
-    assert type(opt).__name__ == cls
-    group = opt.param_groups[0]
-    assert group["lr"] == 0.1
-    if momentum is not None:
-        assert group["momentum"] == momentum
-    assert max(g["weight_decay"] for g in opt.param_groups) == 0.01
 
 
 # -- training runs ---------------------------------------------------------------------------

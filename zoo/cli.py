@@ -247,7 +247,7 @@ def train_cmd(
     import sys
     from pathlib import Path
 
-    from zoo import distributed, progress, train
+    from zoo import distributed, launch, progress
     from zoo.recipe import load_recipe, parse_shard
 
     if recipe is None and resume is None:
@@ -272,10 +272,10 @@ def train_cmd(
     if dry_run:
         assert loaded is not None
         world = nproc or place.world_size
-        _echo_plan(train.plan(loaded, out, device=device, shard=slice_, world_size=world))
+        _echo_plan(launch.plan(loaded, out, device=device, shard=slice_, world_size=world))
         return
     if not place.is_main:  # rank 0 reports for the whole job
-        train.run_recipe(
+        launch.run_recipe(
             loaded, out, resume=resume, device=device, force=force, progress=[], shard=slice_
         )
         distributed.cleanup()
@@ -295,7 +295,7 @@ def train_cmd(
                 "metrics go to metrics.jsonl only",
                 err=True,
             )
-    path = train.run_recipe(
+    path = launch.run_recipe(
         loaded, out, resume=resume, device=device, force=force, progress=reporters, shard=slice_
     )
     distributed.cleanup()

@@ -20,14 +20,9 @@ from typing import TYPE_CHECKING, Any
 from zoo._io import atomic_write_json, atomic_write_text
 from zoo.checkpoint import CHECKPOINT_DIR, JSON_NAME
 from zoo.errors import RunError, TrainingError
-from zoo.train import (
-    Progress,
-    TrainingInterrupted,
-    claim_run_dir,
-    default_run_dir,
-    fit,
-    resume_recipe,
-)
+from zoo.progress import Progress
+from zoo.rundir import claim_run_dir, default_run_dir, resume_recipe
+from zoo.train import TrainingInterrupted, fit
 
 if TYPE_CHECKING:
     from zoo.recipe import Recipe

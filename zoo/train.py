@@ -1,18 +1,19 @@
 """The trainer: one loop from a :class:`~zoo.recipe.Recipe` to a run directory.
 
-Read it top to bottom: small pure decisions (device, precision, learning-rate factor), the
-builders (data, model, optimizer, schedule), one training epoch, evaluation, and
-:func:`fit`, which strings them together and writes the run directory::
+Read it top to bottom: small pure decisions (device, precision), the builders (data,
+model), the :class:`Run` and one training epoch, checkpoint state, and :func:`fit`, which
+strings them together and writes the run directory::
 
     recipe.yaml  metrics.jsonl  summary.json  checkpoints/  model.safetensors  config.json
+
+Around the loop: :mod:`zoo.optim` builds the optimizer and its per-iteration schedule,
+:mod:`zoo.evaluation` measures a split, :mod:`zoo.rundir` claims, resumes and finishes run
+directories, and :mod:`zoo.launch` trains a whole sweep or plans a dry run.
 
 Determinism: the seed fixes model initialisation; each epoch's data order and augmentation
 come from a fresh generator seeded with ``(seed, epoch)``; dropout draws from torch's global
 generator, whose state is checkpointed. So on a CPU, a run resumed from its checkpoint ends
 with exactly the weights of an uninterrupted run.
-
-The learning-rate schedule is stepped once per optimizer step (iteration), not per epoch;
-``warmup_epochs`` and ``step_size`` are given in epochs and converted to iterations.
 
 Under torchrun the same loop runs in every process, with DistributedDataParallel, a shard
 of each epoch's permutation per rank, evaluation summed over ranks and rank 0 alone
@@ -27,13 +28,11 @@ import json
 import logging
 import math
 import random
-import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,53 +41,41 @@ from zoo._io import atomic_write_json, atomic_write_text
 from zoo.checkpoint import CHECKPOINT_DIR, get_rng_state, load_checkpoint, set_rng_state
 from zoo.checkpoint import save_checkpoint as _save_checkpoint
 from zoo.distributed import SINGLE, Dist
-from zoo.errors import RecipeError, RunError, TrainingError, ZooError
+from zoo.errors import RecipeError, RunError, TrainingError
+from zoo.evaluation import evaluate_run
+from zoo.optim import build_optimizer, build_scheduler
 from zoo.progress import Progress, combine
+from zoo.rundir import (
+    after_run,
+    check_run_dir,
+    claim_run_dir,
+    default_run_dir,
+    read_metrics,
+    resume_recipe,
+    write_errors,
+)
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from zoo.data import DataBundle, Split
-    from zoo.recipe import OptimSpec, Recipe, ScheduleSpec
+    from zoo.data import DataBundle
+    from zoo.recipe import Recipe
 
 __all__ = [
-    "Progress",
     "Run",
     "TrainingInterrupted",
     "autocast_dtype",
+    "build_data",
     "build_model",
-    "build_optimizer",
-    "build_scheduler",
-    "claim_run_dir",
-    "default_run_dir",
-    "evaluate",
     "fit",
-    "lr_factor",
-    "plan",
-    "resume_recipe",
-    "run_recipe",
     "select_device",
     "setup_run",
+    "steps_per_epoch",
     "train_epoch",
 ]
 
 log = logging.getLogger(__name__)
-
-RUN_FILES = (
-    "recipe.yaml",
-    "metrics.jsonl",
-    "summary.json",
-    CHECKPOINT_DIR,
-    "model.safetensors",
-    "config.json",
-    "README.md",
-    "curves.png",
-    "sweep.json",
-    "tensorboard",
-)
-# Keys that may change when resuming: more epochs, another device, where to publish.
-_RESUMABLE_CHANGES = ("epochs", "device", "publish.")
 
 
 class TrainingInterrupted(TrainingError):
@@ -144,32 +131,9 @@ def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
     raise RecipeError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
 
 
-def lr_factor(
-    step: int, spec: ScheduleSpec, *, steps_per_epoch: int, total_steps: int, base_lr: float
-) -> float:
-    """Multiplier of the base learning rate after ``step`` optimizer steps."""
-    warmup = round(spec.warmup_epochs * steps_per_epoch)
-    if step < warmup:
-        return (step + 1) / warmup  # linear warm-up, never exactly 0
-    if spec.name == "none":
-        return 1.0
-    if spec.name == "step":
-        return float(spec.gamma ** ((step // steps_per_epoch) // spec.step_size))
-    if spec.name == "cosine":
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        floor = spec.min_lr / base_lr
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise RecipeError(f"unknown schedule {spec.name!r}; use none, cosine or step")
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     """Seed of the generator that orders and augments the data of ``epoch`` (1-based)."""
     return seed * 100_003 + epoch
-
-
-def default_run_dir(recipe: Recipe, now: datetime | None = None) -> Path:
-    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / recipe.name / stamp
 
 
 def steps_per_epoch(recipe: Recipe, train_size: int, world_size: int = 1) -> int:
@@ -217,61 +181,8 @@ def build_model(recipe: Recipe, data: DataBundle) -> nn.Module:
     return registry.create(recipe.model.name, plugin=recipe.model.plugin, **args)
 
 
-def build_optimizer(model: nn.Module, spec: OptimSpec) -> torch.optim.Optimizer:
-    """sgd (no momentum), momentum (SGD with momentum), adam (L2 weight decay, as torch
-    does), adamw (decoupled decay); any other name goes to timm's optimizer factory."""
-    import torch
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    name = spec.name.lower()
-    betas = (spec.betas[0], spec.betas[1]) if spec.betas else (0.9, 0.999)
-    wd = spec.weight_decay
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=0.0, weight_decay=wd)
-    if name == "momentum":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=wd)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, betas=betas, weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=spec.lr, betas=betas, weight_decay=wd)
-    from timm.optim import create_optimizer_v2, list_optimizers
-
-    extra: dict[str, Any] = {"betas": betas} if spec.betas else {}
-    try:
-        return create_optimizer_v2(
-            model, opt=name, lr=spec.lr, weight_decay=wd, momentum=spec.momentum, **extra
-        )
-    except (ValueError, AssertionError, KeyError, TypeError) as e:
-        known = ["sgd", "momentum", "adam", "adamw", *map(str, list_optimizers())]
-        from zoo.errors import did_you_mean
-
-        raise RecipeError(
-            f"optimizer {spec.name!r} cannot be built ({e}).{did_you_mean(name, known)} "
-            "Use sgd, momentum, adam, adamw or a timm optimizer name"
-        ) from None
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, recipe: Recipe, steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-iteration schedule over ``recipe.epochs * steps`` optimizer steps."""
-    import functools
-
-    import torch
-
-    factor = functools.partial(
-        lr_factor,
-        spec=recipe.schedule,
-        steps_per_epoch=steps,
-        total_steps=recipe.epochs * steps,
-        base_lr=recipe.optim.lr,
-    )
-    lr_factor(0, **factor.keywords)  # raises on an unknown schedule name before training
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def _augment(recipe: Recipe) -> Any:
-    from zoo.data import AugmentConfig
+    from zoo.augment import AugmentConfig
 
     a = recipe.data.augment
     config = AugmentConfig(
@@ -449,179 +360,7 @@ def _on_bad_loss(run: Run, value: float, epoch: int, step: int) -> None:
     )
 
 
-def evaluate(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    split: Split,
-    data: DataBundle,
-    *,
-    batch_size: int,
-    limit: int | None = None,
-    channels_last: bool = False,
-    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-) -> tuple[float, float]:
-    """Mean cross-entropy (no label smoothing) and accuracy on ``split``; the caller puts
-    the model in eval mode."""
-    loss_sum, correct, seen = _eval_sums(
-        forward,
-        split,
-        data,
-        batch_size=batch_size,
-        limit=limit,
-        channels_last=channels_last,
-        autocast=autocast,
-    )
-    if seen == 0:
-        return math.nan, math.nan
-    return loss_sum.item() / seen, correct.item() / seen
-
-
-def _eval_sums(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    split: Split,
-    data: DataBundle,
-    *,
-    batch_size: int,
-    limit: int | None,
-    channels_last: bool,
-    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Summed cross-entropy, number correct and number of images of :func:`evaluate`."""
-    import torch
-    import torch.nn.functional as F
-
-    from zoo.data import batches
-
-    loss_sum = torch.zeros((), dtype=torch.float64, device=split.images.device)
-    correct = torch.zeros((), dtype=torch.int64, device=split.images.device)
-    seen = 0
-    stream = batches(
-        split,
-        batch_size,
-        shuffle=False,
-        generator=None,
-        augment=None,
-        mean=data.mean,
-        std=data.std,
-        channels_last=channels_last,
-    )
-    with torch.no_grad():
-        for x, y in itertools.islice(stream, limit):
-            with autocast():
-                logits = forward(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-    return loss_sum, correct, seen
-
-
-def _evaluate_run(run: Run, split: Split) -> tuple[float, float]:
-    run.model.eval()
-    r = run.recipe
-    batch_size = r.data.eval_batch_size or r.data.batch_size
-    if not run.dist.enabled:
-        return evaluate(
-            run.forward,
-            split,
-            run.data,
-            batch_size=batch_size,
-            limit=r.limit_eval_batches,
-            channels_last=r.channels_last,
-            autocast=run.autocast,
-        )
-    return _evaluate_distributed(run, split, batch_size)
-
-
-def _evaluate_distributed(run: Run, split: Split, batch_size: int) -> tuple[float, float]:
-    """Each rank evaluates a slice of the images a single process would and the sums are
-    added up, so the accuracy is the single-process accuracy of these weights."""
-    from zoo.data import Split
-
-    r, place = run.recipe, run.dist
-    distributed.broadcast_buffers(run.model)  # rank 0's BatchNorm statistics: the saved ones
-    n = len(split)
-    if r.limit_eval_batches is not None:
-        n = min(n, r.limit_eval_batches * batch_size)
-    lo, hi = distributed.eval_slice(n, place)
-    mine = Split(split.images[lo:hi], split.labels[lo:hi])
-    sums = _eval_sums(
-        run.model,  # not the DDP wrapper: no gradient hooks, no buffer broadcasts per batch
-        mine,
-        run.data,
-        batch_size=batch_size,
-        limit=None,
-        channels_last=r.channels_last,
-        autocast=run.autocast,
-    )
-    loss_sum, correct, seen = distributed.all_reduce_sum(sums, run.device)
-    if seen == 0:
-        return math.nan, math.nan
-    return loss_sum / seen, correct / seen
-
-
-# -- run directory, checkpoints, resume ----------------------------------------------------
-
-
-def claim_run_dir(run_dir: Path, force: bool) -> None:
-    """Create ``run_dir``; an existing non-empty one is refused unless ``force``."""
-    _check_run_dir(run_dir, force)
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        _clear_run_files(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _check_run_dir(run_dir: Path, force: bool) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunError(f"output path {run_dir} exists and is not a directory; choose another --out")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
-        raise RunError(
-            f"output directory {run_dir} already exists and is not empty; continue it with "
-            f"`zoo train --resume {run_dir}`, choose another --out, or overwrite it with "
-            "--force"
-        )
-
-
-def _clear_run_files(run_dir: Path) -> None:
-    # Only the files a run writes: --force on a directory holding other things keeps them.
-    for name in RUN_FILES:
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def resume_recipe(run_dir: Path, recipe: Recipe | None) -> Recipe:
-    """The recipe to resume ``run_dir`` with: its own, or ``recipe`` if it matches."""
-    from zoo.recipe import load_recipe
-
-    path = run_dir / "recipe.yaml"
-    if not path.is_file():
-        raise RunError(f"cannot resume {run_dir}: it holds no recipe.yaml, so it is not a zoo run")
-    stored = load_recipe(path)
-    if recipe is None:
-        return stored
-    old, new = _flatten(stored.to_dict()), _flatten(recipe.to_dict())
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    blocking = [k for k in changed if not k.startswith(_RESUMABLE_CHANGES)]
-    if blocking:
-        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in blocking[:6])
-        raise RunError(
-            f"cannot resume {run_dir} with a different recipe ({shown}); resume with the run's "
-            f"own recipe (`zoo train --resume {run_dir}`) or start a new run with --out"
-        )
-    if changed:
-        log.warning("resuming %s with changed %s", run_dir, ", ".join(changed))
-    return recipe
+# -- checkpoint state and Ctrl-C -----------------------------------------------------------
 
 
 def _checkpoint_state(run: Run) -> dict[str, Any]:
@@ -660,17 +399,8 @@ def _restore(run: Run) -> int:
     set_rng_state(state["rng"])
     run.best_epoch, run.best_valid_acc = state["best_epoch"], state["best_valid_acc"]
     run.wall_time_s = state["wall_time_s"]
-    run.history = [row for row in _read_metrics(run.run_dir) if row["epoch"] <= epoch]
+    run.history = [row for row in read_metrics(run.run_dir) if row["epoch"] <= epoch]
     return epoch
-
-
-def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    rows = []
-    path = run_dir / "metrics.jsonl"
-    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
-        with contextlib.suppress(json.JSONDecodeError):
-            rows.append(json.loads(line))
-    return rows
 
 
 @contextlib.contextmanager
@@ -777,7 +507,7 @@ def fit(
     else:
         run_dir = Path(out_dir) if out_dir is not None else default_run_dir(recipe)
         if place.is_main:
-            _check_run_dir(run_dir, force)  # refuse now; create it only once setup has worked
+            check_run_dir(run_dir, force)  # refuse now; create it only once setup has worked
     report = combine(progress) if place.is_main else _silent
     dev = select_device(device or recipe.device)
     autocast_dtype(recipe.precision, dev.split(":")[0])  # fail before loading data
@@ -809,12 +539,12 @@ def fit(
     )
     with _stop_on_sigint(run):
         _train(run, first, report, lambda: prior + time.perf_counter() - started)
-    with _write_errors(run, "the final weights", recipe.epochs):
+    with write_errors(run.run_dir, "the final weights", recipe.epochs):
         summary = _finish(run, sweep_values, prior + time.perf_counter() - started)
     distributed.barrier()  # on every rank, fit returns once summary.json is written
     report({"event": "end", "run_dir": str(run_dir), "summary": summary})
     if place.is_main:
-        _after_run(run_dir, recipe)
+        after_run(run_dir, recipe)
     return run_dir
 
 
@@ -830,7 +560,7 @@ def _train(run: Run, first: int, report: Progress, elapsed: Callable[[], float])
             start = time.perf_counter()
             lr = float(run.optimizer.param_groups[0]["lr"])  # the lr of the epoch's first step
             row = train_epoch(run, epoch, report)
-            valid_loss, valid_acc = _evaluate_run(run, run.data.valid)
+            valid_loss, valid_acc = evaluate_run(run, run.data.valid)
             metrics = {
                 "epoch": epoch,
                 "train_loss": row.pop("train_loss"),
@@ -848,7 +578,7 @@ def _train(run: Run, first: int, report: Progress, elapsed: Callable[[], float])
             lines = "".join(json.dumps(m) + "\n" for m in run.history)
             run.wall_time_s = elapsed()
             if run.dist.is_main:
-                with _write_errors(run, f"the checkpoint of epoch {epoch}", done):
+                with write_errors(run.run_dir, f"the checkpoint of epoch {epoch}", done):
                     atomic_write_text(run.run_dir / "metrics.jsonl", lines)
                     _save_checkpoint(run.run_dir / CHECKPOINT_DIR, _checkpoint_state(run), epoch)
             done = epoch
@@ -863,32 +593,13 @@ def _train(run: Run, first: int, report: Progress, elapsed: Callable[[], float])
         ) from None
 
 
-@contextlib.contextmanager
-def _write_errors(run: Run, what: str, kept: int) -> Iterator[None]:
-    """A failed write (full disk, lost mount) becomes one line that says what was kept.
-    The atomic writes have already removed their temporary files."""
-    try:
-        yield
-    except OSError as e:
-        if kept:
-            then = (
-                f"epoch {kept} is the last complete checkpoint. Free space, then continue "
-                f"with `zoo train --resume {run.run_dir}`"
-            )
-        else:
-            then = "no epoch was checkpointed. Free space, then train again with --force"
-        raise RunError(
-            f"cannot write {what} in {run.run_dir} ({e.strerror or e}); {then}"
-        ) from None
-
-
 def _finish(run: Run, sweep_values: Mapping[str, Any] | None, wall_time_s: float) -> dict[str, Any]:
     """Test the final weights, export them, write summary.json."""
     from zoo import export
     from zoo.env import environment
 
     r, data = run.recipe, run.data
-    test_loss, test_acc = _evaluate_run(run, data.test)
+    test_loss, test_acc = evaluate_run(run, data.test)
     if not run.dist.is_main:
         return {}
     export.save_model_files(
@@ -930,139 +641,3 @@ def _finish(run: Run, sweep_values: Mapping[str, Any] | None, wall_time_s: float
         run.best_epoch,
     )
     return summary
-
-
-def _after_run(run_dir: Path, recipe: Recipe) -> None:
-    """Curves, model card, local tag and Hub push. The run is complete without them, so a
-    failure here is logged with the command that retries it, not raised."""
-    import importlib
-
-    # curves first: the card embeds curves.png when it exists
-    for module, function in (("zoo.plots", "plot_run"), ("zoo.card", "write_card")):
-        try:
-            target = getattr(importlib.import_module(module), function)
-        except (ImportError, AttributeError) as e:
-            log.info("skipping %s.%s (not available: %s)", module, function, e)
-            continue
-        try:
-            target(run_dir)
-        except Exception as e:  # a cosmetic step must not lose a finished run
-            log.warning("%s.%s(%s) failed: %s", module, function, run_dir, e)
-    tag, repo = recipe.publish.tag, recipe.publish.hub
-    if tag:
-        _publish_step(
-            f"zoo publish {run_dir} --tag {tag}", "zoo.store", "publish", run_dir, None, tag
-        )
-    if repo:
-        _publish_step(
-            f"zoo push {run_dir} {repo}",
-            "zoo.hub",
-            "push",
-            run_dir,
-            repo,
-            private=recipe.publish.private,
-        )
-
-
-def _publish_step(retry: str, module: str, function: str, *args: Any, **kwargs: Any) -> None:
-    import importlib
-
-    try:
-        result = getattr(importlib.import_module(module), function)(*args, **kwargs)
-    except (ImportError, AttributeError) as e:
-        log.warning("cannot %s: %s.%s is not available (%s)", retry, module, function, e)
-    except ZooError as e:
-        log.error("%s failed: %s; retry with `%s`", function, e, retry)
-    else:
-        log.info("%s: %s", function, result)
-
-
-# -- sweeps and dry runs -----------------------------------------------------------------
-
-
-def run_recipe(
-    recipe: Recipe | None,
-    out_dir: str | Path | None = None,
-    *,
-    resume: str | Path | None = None,
-    device: str | None = None,
-    force: bool = False,
-    progress: Progress | Sequence[Progress] | None = None,
-    shard: tuple[int, int] | None = None,
-) -> Path:
-    """Train a recipe, or every point of its sweep (``shard=(i, n)``: slice i of n, 0-based);
-    return the run or sweep directory. ``recipe`` may be None when resuming."""
-    is_sweep = (recipe is not None and bool(recipe.sweep)) or (
-        resume is not None and (Path(resume) / "sweep.json").is_file()
-    )
-    if is_sweep:
-        from zoo.sweep import run_sweep
-
-        return run_sweep(
-            recipe,
-            out_dir,
-            resume=resume,
-            device=device,
-            force=force,
-            progress=progress,
-            shard=shard,
-        )
-    if shard is not None and shard[1] > 1:
-        raise RecipeError("--shard splits a sweep, but this recipe has no `sweep:` section")
-    return fit(recipe, out_dir, resume=resume, device=device, force=force, progress=progress)
-
-
-def plan(
-    recipe: Recipe,
-    out_dir: str | Path | None = None,
-    *,
-    device: str | None = None,
-    shard: tuple[int, int] | None = None,
-    world_size: int = 1,
-) -> dict[str, Any]:
-    """What ``run_recipe`` would do, without training: resolved recipe, device, data shapes,
-    each run's model and parameter count, and the run directories (``world_size``: in that
-    many torchrun processes)."""
-    import torch
-
-    from zoo.recipe import expand_sweep, shard_points
-
-    dev = select_device(device or recipe.device)
-    autocast_dtype(recipe.precision, dev.split(":")[0])
-    root = Path(out_dir) if out_dir is not None else default_run_dir(recipe)
-    points = expand_sweep(recipe) if recipe.sweep else []
-    if shard is not None and points:
-        points = shard_points(points, *shard)
-    runs = [(p.recipe, root / p.name) for p in points] or [(recipe, root)]
-    bundles: dict[str, DataBundle] = {}
-    planned = []
-    for run_recipe_, run_dir in runs:
-        key = json.dumps(run_recipe_.to_dict()["data"], sort_keys=True, default=str)
-        if key not in bundles:
-            bundles[key] = build_data(run_recipe_, "cpu")
-        data = bundles[key]
-        with torch.device("meta"):  # shapes and counts only: allocates nothing
-            model = build_model(run_recipe_, data)
-        build_optimizer(model, run_recipe_.optim)
-        planned.append(
-            {
-                "run_dir": str(run_dir),
-                "model": run_recipe_.model.name,
-                "params": sum(p.numel() for p in model.parameters()),
-                "dataset": data.name,
-                "input": [data.in_chans, data.img_size, data.img_size],
-                "splits": {s: len(getattr(data, s)) for s in ("train", "valid", "test")},
-                "steps_per_epoch": steps_per_epoch(run_recipe_, len(data.train), world_size),
-                "epochs": run_recipe_.epochs,
-                "batch_size_per_process": distributed.rank_batch_size(
-                    run_recipe_.data.batch_size, run_recipe_.data.batch_size_mode, world_size
-                ),
-            }
-        )
-    return {
-        "recipe": recipe.to_yaml(),
-        "device": dev,
-        "sweep_dir": str(root) if points else None,
-        "world_size": world_size,
-        "runs": planned,
-    }
