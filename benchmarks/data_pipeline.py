@@ -23,7 +23,6 @@ DataLoader process also uses one) and with 2.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ from torchvision import transforms
 from zoo import data as zdata
 from zoo._io import atomic_write_json, atomic_write_text
 from zoo.augment import AugmentConfig
-from zoo.env import environment
+from zoo.env import environment, load_average
 
 N, SIZE, BATCH = 50_000, 32, 128
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CIFAR-10's
@@ -122,23 +121,15 @@ def measure(repeats: int, count: int, warmup: int) -> dict[str, list[float]]:
     return runs
 
 
-def _cpu_name() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs)"
-    except OSError:  # not Linux
-        pass
-    return None
-
-
 def _markdown(result: dict[str, Any]) -> str:
     env, rows = result["environment"], result["results"]
     lines = [
         "# Data pipeline: zoo vs the seed's per-sample torchvision pipeline",
         "",
-        f"{result['date']}, torch {env['torch']}, {env['cpu']}, {env['threads']} torch threads, "
-        f"git {env['git_sha']}. Data: {result['data']}.",
+        f"{result['date']}, torch {env['torch']}, {env['device_name']}, "
+        f"{env['threads']} torch threads, "
+        f"git {env['git_sha']}; load average before/after {result['load_average']['before']} / "
+        f"{result['load_average']['after']}. Data: {result['data']}.",
         f"Each repeat times {result['batches_per_repeat']} batches of {BATCH} after "
         f"{result['warmup_batches']} warm-up batches; {result['repeats']} repeats, median.",
         "",
@@ -158,7 +149,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40, help="timed batches per repeat")
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches per repeat")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--note", default="", help="Recorded with the results (e.g. load).")
     args = parser.parse_args()
+    load_before = load_average()
 
     runs = measure(args.repeats, args.batches, args.warmup)
     zoo_median = statistics.median(runs[HEADLINE])
@@ -172,7 +165,6 @@ def main() -> None:
     }
     env = environment("cpu")
     env["threads"] = "1 (seed pipelines, zoo headline) and 2 (second zoo row)"
-    env["cpu"] = _cpu_name() or env["device_name"]
     fastest_seed = max(v["median"] for k, v in results.items() if k.startswith("seed"))
     result = {
         "benchmark": "data_pipeline",
@@ -186,16 +178,12 @@ def main() -> None:
         "ratio_vs_fastest_seed": zoo_median / fastest_seed,
         "target": 5.0,
         "environment": env,
+        "load_average": {"before": load_before, "after": load_average()},
         "note": (
-            "Measured once on a 2-core machine shared with several other processes running "
-            "at the same time (load average about 4), so absolute numbers are noisy; the "
-            "pipelines alternate within each repeat so the load hits all of them alike. With 2 "
-            "DataLoader workers on 2 busy cores the seed pipeline gains nothing over 0 workers. "
-            "The headline ratio uses zoo with 1 torch thread, as many as each seed DataLoader "
-            "process uses. With 2 intra-op threads on this oversubscribed machine every "
-            "parallelised op waits about a scheduler time slice (~11 ms) for the busy core, "
-            "which is what the second zoo row shows (not measured on an idle machine)."
-        ),
+            "The pipelines alternate within each repeat so that load from other processes "
+            "hits all of them alike. The headline ratio uses zoo with 1 torch thread, as many "
+            "as each seed DataLoader process uses. " + args.note
+        ).strip(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "data_pipeline.json", result)

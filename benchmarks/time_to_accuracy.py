@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import zoo
 from zoo import data as zdata
 from zoo.checkpoint import load_checkpoint
-from zoo.env import environment
+from zoo.env import environment, load_average
 from zoo.evaluation import evaluate
 from zoo.progress import LogProgress
 from zoo.recipe import load_recipe
@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="Recorded with the results (e.g. load).")
     args = parser.parse_args()
     torch.set_num_threads(min(torch.get_num_threads(), 2))
-    load_before = _load()
+    load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         zoo_result = run_zoo(args.threshold, Path(tmp))
         seed_result = run_seed_style(args.threshold, Path(tmp), args.workers)
@@ -177,18 +177,43 @@ def main() -> None:
         "ratio": ratio,
         "env": environment("cpu"),
         "note": args.note,
-        "load_average": {"before": load_before, "after": _load()},
+        "load_average": {"before": load_before, "after": load_average()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    args.out.with_suffix(".md").write_text(markdown(result, args), encoding="utf-8")
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
 
 
-def _load() -> list[float] | None:
-    try:
-        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return None
+def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
+    env, load = result["env"], result["load_average"]
+    threshold = f"{result['threshold']:.0%}"
+    lines = [
+        f"# Time to {threshold} test accuracy on Fashion-MNIST: quickstart vs a seed-style script",
+        "",
+        f"{env['device_name']}, torch {env['torch']}, {env['threads']} threads, "
+        f"zoo {env['zoo_version']} ({env['git_sha']}); load average before/after "
+        f"{load['before']} / {load['after']}. Wall time from the start of each run "
+        "(data loading included) to the end of the first epoch whose test accuracy reaches "
+        "the threshold.",
+        "",
+        "| run | epochs (test accuracy at seconds) | time to threshold |",
+        "|---|---|---:|",
+    ]
+    for r in (result["zoo"], result["seed_style"]):
+        epochs = ", ".join(f"{e['test_acc']:.4f} at {e['at_s']:.1f} s" for e in r["epochs"])
+        reached = f"{r['seconds']:.1f} s" if r["reached"] else "not reached"
+        lines.append(f"| {r['name']} | {epochs} | {reached} |")
+    ratio = f"{result['ratio']:.2f}x" if result["ratio"] else "n/a"
+    lines += [
+        "",
+        f"Ratio seed-style / zoo: **{ratio}** (target >= 2).",
+        "",
+        f"Command: `python benchmarks/time_to_accuracy.py --threshold {args.threshold} "
+        f"--workers {args.workers}`. {result['note']}".rstrip(),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

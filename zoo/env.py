@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["environment", "git_sha"]
+__all__ = ["environment", "git_sha", "load_average"]
 
 
 def git_sha(directory: str | Path | None = None) -> str | None:
@@ -75,3 +75,12 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         "git_sha": git_sha(),
         "platform": platform.platform(),
     }
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (Linux), to record how busy a shared machine was
+    while a benchmark ran; None where /proc/loadavg does not exist."""
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
