@@ -3,7 +3,7 @@
 # patch size) and the two best models, then `zoo report` over all of them.
 #
 #   benchmarks/make_report.sh                       # quick: Fashion-MNIST on a CPU, subsets and
-#                                                   # short schedules (17.5 min measured on 2 shared cores)
+#                                                   # short schedules (12 min measured on 2 CPU cores)
 #   PROFILE=full DEVICE=cuda benchmarks/make_report.sh   # CIFAR-10, the recipes' full schedules
 #
 # Variables (defaults in brackets):
