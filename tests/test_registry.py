@@ -24,10 +24,10 @@ BUILTINS = [
     "mlp_tanh",
     "mlpmixer_b16_224",
     "mlpmixer_l16_224",
-    "mlpmixer_p16",
     "mlpmixer_p2",
     "mlpmixer_p4",
     "mlpmixer_p8",
+    "mlpmixer_p16",
     "mlpmixer_s16_224",
     "resnet18",
 ]
@@ -61,7 +61,7 @@ def register_tiny(name: str, distribution: str, version: str = "1.0") -> None:
         registry.register_model(builder)
 
 
-def test_builtins_are_listed_sorted() -> None:
+def test_builtins_are_listed_sorted() -> None:  # numbers in natural order, as timm lists them
     assert zoo.list_models(plugin="zoo-classifiers") == BUILTINS
 
 

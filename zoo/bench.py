@@ -39,7 +39,6 @@ import io
 import json
 import logging
 import math
-import re
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -453,10 +452,6 @@ def _measure(
 # -- many models ---------------------------------------------------------------------------
 
 
-def _natural(name: str) -> list[Any]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
 def resolve_models(names: Sequence[str]) -> list[str]:
     """Expand fnmatch patterns (``'mlpmixer_p*'``) to registered names; keep plain names
     (and run directories) as given so :func:`zoo.create` reports unknown ones."""
@@ -468,7 +463,7 @@ def resolve_models(names: Sequence[str]) -> list[str]:
             matches = list_models(name)
             if not matches:
                 raise BenchError(f"no model matches {name!r}; list models with `zoo models`")
-            resolved += sorted(matches, key=_natural)  # mlpmixer_p2, p4, p8, p16
+            resolved += matches  # in natural order: mlpmixer_p2, p4, p8, p16
         else:
             resolved.append(name)
     return list(dict.fromkeys(resolved))

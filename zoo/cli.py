@@ -75,11 +75,15 @@ def models_cmd(
     from zoo.registry import list_models, model_info
 
     names = list_models(pattern, pretrained=pretrained, plugin=plugin)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in names:
-        base = name.rsplit(".", 1)[0] if pretrained else name
-        info = model_info(base, params=params) if params else {"name": base}
-        rows.append({"name": name, **({"params": info["params"]} if params else {})})
+        base, _, tag = name.rpartition(".") if pretrained else (name, "", "")
+        row: dict[str, Any] = {"name": name}
+        if params:
+            row["params"] = model_info(base, params=True)["params"]
+        if pretrained:
+            row["source"] = _tag_source(base, tag)
+        rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -87,8 +91,19 @@ def models_cmd(
         click.echo(f"no models match {pattern!r}", err=True)
         return
     for row in rows:
-        suffix = f"  {row['params']:>13,}" if params else ""
-        click.echo(f"{row['name']:<40}{suffix}")
+        cells = [row["name"].ljust(40) if len(row) > 1 else row["name"]]
+        cells += [f"{row['params']:>13,}"] if params else []
+        cells += [f"-> {row['source']}"] if pretrained else []
+        click.echo("  ".join(cells))
+
+
+def _tag_source(model: str, tag: str) -> str:
+    from zoo import store
+
+    try:
+        return store.tag_source(model, tag)
+    except ZooError as e:  # one broken tag must not hide the others
+        return f"(unusable: {e})"
 
 
 @cli.command("info")

@@ -19,6 +19,7 @@ import fnmatch
 import functools
 import importlib.metadata
 import inspect
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,10 +227,15 @@ def get_entry(name: str, plugin: str | None = None) -> ModelEntry:
     return entries[0]
 
 
+def _natural_key(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def list_models(
     pattern: str | list[str] = "*", pretrained: bool = False, plugin: str | None = None
 ) -> list[str]:
-    """Sorted model names matching the fnmatch ``pattern`` (or any of several patterns).
+    """Model names matching the fnmatch ``pattern`` (or any of several patterns), sorted
+    with numbers in natural order (``mlpmixer_p2`` before ``mlpmixer_p16``, as timm does).
 
     With ``pretrained=True`` the result lists ``name.tag`` for every published weight tag.
     ``plugin`` keeps only the models of that distribution.
@@ -250,7 +256,7 @@ def list_models(
         if any(p.startswith(prefix) for p in patterns):
             found.update({prefix + n: [ns.distribution] for n in ns.list_names()})
     names = []
-    for name in sorted(found):
+    for name in sorted(found, key=_natural_key):
         if plugin is not None and plugin not in found[name]:
             continue
         candidates = [f"{name}.{tag}" for tag in store.tags_for(name)] if pretrained else [name]

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from zoo.registry import ModelEntry
 
-__all__ = ["create_tagged", "home", "publish", "tags_for", "validate_tag"]
+__all__ = ["create_tagged", "home", "publish", "tag_source", "tags_for", "validate_tag"]
 
 HOME_ENV = "ZOO_HOME"
 DEFAULT_TAG = "default"
@@ -54,6 +54,15 @@ def tags_for(model: str) -> list[str]:
     tags = {p.name for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file()}
     tags |= {p.stem for p in root.glob("*.json") if p.is_file()}
     return sorted(tags)
+
+
+def tag_source(model: str, tag: str) -> str:
+    """Where ``model.tag`` points: its export directory in the store, or the Hub source
+    (``hf-hub:org/repo@rev``) a pointer tag names."""
+    root = weights_dir(model)
+    if (root / tag / "config.json").is_file():
+        return str(root / tag)
+    return _read_pointer(root / f"{tag}.json")
 
 
 def validate_tag(tag: str) -> str:
