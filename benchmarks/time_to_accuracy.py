@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
-import json
 import shutil
 import tempfile
 import time
@@ -33,8 +32,9 @@ import torch.nn.functional as F
 
 import zoo
 from zoo import data as zdata
+from zoo._io import atomic_write_json, atomic_write_text
 from zoo.checkpoint import load_checkpoint
-from zoo.env import environment, load_average
+from zoo.env import describe, environment, load_average
 from zoo.evaluation import evaluate
 from zoo.progress import LogProgress
 from zoo.recipe import load_recipe
@@ -179,9 +179,8 @@ def main() -> None:
         "note": args.note,
         "load_average": {"before": load_before, "after": load_average()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result, args), encoding="utf-8")
+    atomic_write_json(args.out, result)
+    atomic_write_text(args.out.with_suffix(".md"), markdown(result, args))
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
 
 
@@ -191,9 +190,7 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         f"# Time to {threshold} test accuracy on Fashion-MNIST: quickstart vs a seed-style script",
         "",
-        f"{env['device_name']}, torch {env['torch']}, {env['threads']} threads, "
-        f"zoo {env['zoo_version']} ({env['git_sha']}); load average before/after "
-        f"{load['before']} / {load['after']}. Wall time from the start of each run "
+        f"{describe(env, load)} Wall time from the start of each run "
         "(data loading included) to the end of the first epoch whose test accuracy reaches "
         "the threshold.",
         "",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from pathlib import Path
@@ -27,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from zoo import data as zdata
-from zoo.env import environment, load_average
+from zoo._io import atomic_write_json, atomic_write_text
+from zoo.env import describe, environment, load_average
 from zoo.progress import LogProgress
 from zoo.recipe import from_dict
 from zoo.train import Run, setup_run, train_epoch
@@ -139,9 +139,8 @@ def main() -> None:
         "load_average": {"before": load_before, "after": load_average()},
         "note": args.note,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result, args), encoding="utf-8")
+    atomic_write_json(args.out, result)
+    atomic_write_text(args.out.with_suffix(".md"), markdown(result, args))
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
 
 
@@ -150,9 +149,7 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         "# Trainer overhead: zoo's epoch vs a hand-written loop",
         "",
-        f"{env['device_name']}, torch {env['torch']}, {env['threads']} threads, "
-        f"zoo {env['zoo_version']} ({env['git_sha']}); load average before/after "
-        f"{load['before']} / {load['after']}. Same model, initial weights, optimizer (Adam) "
+        f"{describe(env, load)} Same model, initial weights, optimizer (Adam) "
         "and in-memory batches; the two loops alternate within each repeat.",
         "",
         "| model | steps/epoch x batch | zoo s/epoch (median) | hand-written s/epoch (median) "

@@ -6,10 +6,11 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["environment", "git_sha", "load_average"]
+__all__ = ["describe", "environment", "git_sha", "load_average"]
 
 
 def git_sha(directory: str | Path | None = None) -> str | None:
@@ -84,3 +85,15 @@ def load_average() -> list[float] | None:
         return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
     except OSError:
         return None
+
+
+def describe(env: Mapping[str, Any], load: Mapping[str, Any] | None = None) -> str:
+    """One sentence for a results file: ``<device>, torch X, N threads, zoo V (sha)``, plus
+    the load averages before and after when ``load`` (``{"before": .., "after": ..}``) is given."""
+    text = (
+        f"{env['device_name']}, torch {env['torch']}, {env['threads']} threads, "
+        f"zoo {env['zoo_version']} ({env['git_sha']})"
+    )
+    if load is not None:
+        text += f"; load average before/after {load['before']} / {load['after']}"
+    return text + "."
