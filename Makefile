@@ -5,9 +5,9 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .PHONY: install data quickstart test lint report
 
-install: data  ## system data package, PyTorch, zoo with test extras, both plugins
+install: data  ## system data package, PyTorch, zoo with test and ONNX extras, both plugins
 	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(PIP) install -q -e ".[dev]" -e plugins/zoo-timm -e plugins/zoo-convmixer
+	$(PIP) install -q -e ".[dev,onnx]" -e plugins/zoo-timm -e plugins/zoo-convmixer
 
 data:  ## Fashion-MNIST from Debian where apt exists (offline-friendly); torchvision downloads elsewhere
 	@if [ ! -f $(FMNIST) ] && command -v apt-get >/dev/null 2>&1; then \
@@ -26,6 +26,6 @@ report: install  ## the seed's three sweeps and two best models on Fashion-MNIST
 	bash benchmarks/make_report.sh
 
 lint:  ## ruff check, ruff format --check, mypy
-	ruff check zoo tests plugins benchmarks
-	ruff format --check zoo tests plugins benchmarks
+	ruff check zoo tests plugins benchmarks hubconf.py
+	ruff format --check zoo tests plugins benchmarks hubconf.py
 	mypy zoo

@@ -8,8 +8,8 @@ shuffled:
   ``RandomHorizontalFlip()`` + ``ToTensor()`` + ``Normalize(mean, std)`` through a
   ``DataLoader`` (``num_workers`` 0 and 2), reading images the way
   ``torchvision.datasets.CIFAR10.__getitem__`` does (``Image.fromarray`` on an HWC array);
-- zoo:   ``zoo.data.batches`` over one uint8 tensor with
-  ``zoo.augment.AugmentConfig(hflip=True, crop_scale=(0.8, 1.0), crop_ratio=(0.9, 1.1))``.
+- zoo:   ``zoo.data.datasets.batches`` over one uint8 tensor with
+  ``zoo.data.augment.AugmentConfig(hflip=True, crop_scale=(0.8, 1.0), crop_ratio=(0.9, 1.1))``.
 
 Each pipeline is timed in the same process, alternating, ``--repeats`` times; a repeat
 consumes ``--batches`` batches after ``--warmup`` untimed ones (so DataLoader worker start-up
@@ -37,7 +37,7 @@ from torchvision import transforms
 
 from zoo import data as zdata
 from zoo._io import atomic_write_json, atomic_write_text
-from zoo.augment import AugmentConfig
+from zoo.data.augment import AugmentConfig
 from zoo.env import environment, load_average
 
 N, SIZE, BATCH = 50_000, 32, 128

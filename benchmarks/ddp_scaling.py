@@ -82,8 +82,8 @@ def _sync(device: str) -> None:
 
 def _trainer_images_per_s(run: Any, repeats: int) -> float:
     """Median images/s over all processes of zoo's train_epoch (after one warm-up epoch)."""
-    from zoo import distributed
-    from zoo.train import train_epoch
+    from zoo.training import distributed
+    from zoo.training.loop import train_epoch
 
     images = run.steps * run.batch_size * run.dist.world_size
     rates = []
@@ -103,7 +103,7 @@ def _step_times(run: Any, repeats: int, steps: int) -> tuple[float, float]:
     import torch
     import torch.nn.functional as F
 
-    from zoo import distributed
+    from zoo.training import distributed
 
     x = torch.randn(run.batch_size, *run.data.train.images.shape[1:], device=run.device)
     y = torch.randint(0, run.data.num_classes, (run.batch_size,), device=run.device)
@@ -133,9 +133,10 @@ def _step_times(run: Any, repeats: int, steps: int) -> tuple[float, float]:
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from zoo import distributed
+    from zoo.devices import select_device
     from zoo.env import environment
-    from zoo.train import build_data, select_device, setup_run
+    from zoo.training import distributed
+    from zoo.training.loop import build_data, setup_run
 
     place, device = distributed.setup(select_device(args.device))
     if device == "cpu":

@@ -1,7 +1,7 @@
 """Soak: many short training runs in one process must not grow memory or open files.
 
 Runs N complete runs one after another through the trainer's library API
-(:func:`zoo.train.fit`: synthetic data, a tiny MLP, checkpoints, export, curves and model
+(:func:`zoo.training.loop.fit`: synthetic data, a tiny MLP, checkpoints, export, curves and model
 card, the same path as ``zoo train``), each into a fresh run directory, and records after each
 run the resident memory (VmRSS from /proc/self/status) and the number of open file
 descriptors (/proc/self/fd). It reports the mean of the first 10 runs against the last 10.
@@ -29,7 +29,7 @@ from typing import Any
 
 from zoo.env import environment
 from zoo.recipe import from_dict
-from zoo.train import fit
+from zoo.training.loop import RunOptions, fit
 
 WINDOW = 10
 # Growth we call "none": a few MiB of allocator noise, and not a single leaked descriptor.
@@ -79,7 +79,9 @@ def soak(runs: int, workdir: Path) -> list[dict[str, Any]]:
     rows = []
     for i in range(runs):
         start = time.perf_counter()
-        run_dir = fit(recipe(i), workdir / f"run{i:03d}")  # default progress: log lines
+        run_dir = fit(
+            recipe(i), RunOptions(out_dir=workdir / f"run{i:03d}")
+        )  # default progress: log lines
         seconds = time.perf_counter() - start
         shutil.rmtree(run_dir)  # disk use is not what is measured
         gc.collect()
@@ -109,10 +111,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Soak: {result['runs']} sequential training runs in one process",
         "",
         "Command: `python benchmarks/soak.py --runs "
-        f"{result['runs']}` ({result['wall_time_s']:.0f} s wall). Each run: zoo.train.fit on "
-        "synthetic 1x8x8 data (256 train / 64 valid / 64 test), mlp_relu [32, 16], 2 epochs, "
-        "with checkpoints, export, curves.png and model card; the run directory is deleted "
-        "after each run.",
+        f"{result['runs']}` ({result['wall_time_s']:.0f} s wall). Each run: "
+        "zoo.training.loop.fit on synthetic 1x8x8 data (256 train / 64 valid / 64 test), "
+        "mlp_relu [32, 16], 2 epochs, with checkpoints, export, curves.png and model card; "
+        "the run directory is deleted after each run.",
         "",
         "| measure | mean of runs 1-10 | mean of last 10 | growth | verdict |",
         "|---|---:|---:|---:|---|",
@@ -142,7 +144,7 @@ def main() -> None:
     if args.runs < 2 * WINDOW:
         parser.error(f"--runs must be at least {2 * WINDOW}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("zoo.train", "zoo.sweep", "matplotlib"):
+    for name in ("zoo.training.loop", "zoo.training.sweep", "matplotlib"):
         logging.getLogger(name).setLevel(logging.WARNING)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="zoo-soak-") as tmp:

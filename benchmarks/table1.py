@@ -2,12 +2,14 @@
 
 For mlpmixer_p2/p4/p8/p16 (32x32x3 CIFAR-10 input, embed 256, 4 blocks) in fp32 and bf16:
 parameters, forward GFLOPs per image, inference throughput and the time for the 5,000
-validation images, training-step throughput and the time for one epoch of 45,000 images.
+validation images, training-step throughput and the time for one epoch of 45,000 images,
+and how close each runs to the machine's limit: achieved GFLOP/s of a training step (3x the
+forward FLOPs x img/s) and MFU, achieved / the matmul peak in the same dtype (zoo.analysis.peak).
 mlpmixer_p4 is also measured with channels_last and with torch.compile, to show whether
 they help here.
 
 Times are NOT a full pass: each is the image count divided by the median throughput that
-zoo.bench measured over a bounded time (warm-up, then at least --min-time seconds and 3
+zoo.analysis.bench measured over a bounded time (warm-up, then at least --min-time seconds and 3
 steps). A training step is forward + backward + Adam; data loading and evaluation are not
 included. On a small shared CPU a full epoch of p2 would take far longer than this script.
 
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo._io import atomic_write_json, atomic_write_text
-from zoo.bench import BenchRecord, measure
+from zoo.analysis.bench import BenchRecord, measure
 
 VALID_IMAGES = 5_000
 EPOCH_IMAGES = 45_000
@@ -65,6 +67,11 @@ def _options(rec: BenchRecord) -> str:
     return " + ".join(parts)
 
 
+def _peaks(rows: list[dict[str, Any]]) -> str:
+    peaks = {r["train"].precision: r["train"].peak_flops_per_s for r in rows}
+    return ", ".join(f"{p} {v / 1e9:,.1f} GFLOP/s" for p, v in sorted(peaks.items()))
+
+
 def _markdown(rows: list[dict[str, Any]], args: argparse.Namespace, wall: float) -> str:
     env = rows[0]["inference"].env
     base = {r["model"]: r for r in rows if _options(r["inference"]) == "fp32"}
@@ -78,13 +85,17 @@ def _markdown(rows: list[dict[str, Any]], args: argparse.Namespace, wall: float)
         f"**Times are estimated, not measured end to end**: {VALID_IMAGES:,} validation images "
         f"(inference, batch {args.eval_batch_size}) or one epoch of {EPOCH_IMAGES:,} training "
         f"images (forward + backward + Adam, batch {args.batch_size}) divided by the median "
-        f"throughput zoo.bench measured over at least {args.min_time:g} s and 3 steps after "
-        "warm-up. Data loading and evaluation are excluded. Spread = IQR of the step time.",
+        f"throughput zoo.analysis.bench measured over at least {args.min_time:g} s and 3 steps "
+        "after warm-up. Data loading and evaluation are excluded. Spread = IQR of the step time.",
+        "",
+        "MFU = achieved FLOP/s (forward FLOPs, x3 for a training step, x img/s) / the matmul "
+        f"peak measured in the same dtype and thread count: {_peaks(rows)}.",
         "",
         "| model | patch | precision / options | params | GFLOPs/img (fwd) "
         f"| inference img/s | {VALID_IMAGES:,} images | train img/s "
-        f"| epoch of {EPOCH_IMAGES:,} | vs fp32 (train) | spread inf / train |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| epoch of {EPOCH_IMAGES:,} | vs fp32 (train) | train GFLOP/s | MFU inf / train "
+        "| spread inf / train |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         inf, train = row["inference"], row["train"]
@@ -95,6 +106,7 @@ def _markdown(rows: list[dict[str, Any]], args: argparse.Namespace, wall: float)
             f"| {inf.params:,} | {inf.flops_per_image / 1e9:.3f} | {inf.images_per_s:,.0f} "
             f"| {VALID_IMAGES / inf.images_per_s:,.1f} s | {train.images_per_s:,.0f} "
             f"| {EPOCH_IMAGES / train.images_per_s:,.0f} s | {speedup:.2f}x "
+            f"| {train.achieved_flops_per_s / 1e9:,.1f} | {inf.mfu:.1%} / {train.mfu:.1%} "
             f"| {inf.latency_ms_iqr / inf.latency_ms_p50:.0%} / "
             f"{train.latency_ms_iqr / train.latency_ms_p50:.0%} |"
         )

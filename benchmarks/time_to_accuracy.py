@@ -6,7 +6,7 @@ epoch) and stop once the test accuracy reaches the threshold (default 85 %). The
 starts before the dataset is read and stops at the end of the epoch that reaches it; the
 test evaluation used to detect that is not counted for either side.
 
-- zoo: ``zoo.train.fit(recipes/quickstart.yaml)`` (uint8 tensors in memory, batched
+- zoo: ``zoo.training.loop.fit(recipes/quickstart.yaml)`` (uint8 tensors in memory, batched
   normalisation, checkpoints and metrics written as usual).
 - seed-style: torchvision's ``FashionMNIST`` dataset read from the same IDX files,
   per-sample ``ToTensor`` + ``Normalize`` transforms, a ``DataLoader`` and a plain loop.
@@ -33,12 +33,12 @@ import torch.nn.functional as F
 import zoo
 from zoo import data as zdata
 from zoo._io import atomic_write_json, atomic_write_text
-from zoo.checkpoint import load_checkpoint
 from zoo.env import describe, environment, load_average
-from zoo.evaluation import evaluate
-from zoo.progress import LogProgress
 from zoo.recipe import load_recipe
-from zoo.train import TrainingInterrupted, fit
+from zoo.training.checkpoint import load_checkpoint
+from zoo.training.evaluation import evaluate
+from zoo.training.loop import RunOptions, TrainingInterrupted, fit
+from zoo.training.progress import LogProgress
 
 IDX_DIR = Path("/usr/share/datasets/fashion-mnist")
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
@@ -57,7 +57,9 @@ def run_zoo(threshold: float, workdir: Path) -> dict[str, Any]:
         pause = time.perf_counter()
         model.load_state_dict(load_checkpoint(run_dir / "checkpoints")[0]["model"])
         model.eval()
-        _, acc = evaluate(model, test_data.test, test_data, batch_size=1024)
+        _, acc = evaluate(
+            model, test_data.test, mean=test_data.mean, std=test_data.std, batch_size=1024
+        )
         state["epochs"].append(
             {
                 "epoch": event["epoch"],
@@ -71,7 +73,7 @@ def run_zoo(threshold: float, workdir: Path) -> dict[str, Any]:
 
     state["start"] = time.perf_counter()
     with contextlib.suppress(TrainingInterrupted):  # raised once the threshold is reached
-        fit(recipe, run_dir, device="cpu", progress=[LogProgress(), check])
+        fit(recipe, RunOptions(out_dir=run_dir, device="cpu", progress=[LogProgress(), check]))
     return _outcome("zoo quickstart", state["epochs"], threshold)
 
 

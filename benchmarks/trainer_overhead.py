@@ -1,7 +1,7 @@
 """Trainer overhead: zoo's training epoch vs a minimal hand-written loop.
 
 Both loops train the same model from the same initial weights with the same optimizer on
-the same in-memory batches (zoo.data.batches over one uint8 tensor), in the same process,
+the same in-memory batches (zoo.data.datasets.batches over one uint8 tensor), in the same process,
 alternating, repeated; the script reports medians and
 
     ratio = hand-written epoch time / zoo epoch time        (target: >= 0.95)
@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from zoo import data as zdata
 from zoo._io import atomic_write_json, atomic_write_text
 from zoo.env import describe, environment, load_average
-from zoo.progress import LogProgress
 from zoo.recipe import from_dict
-from zoo.train import Run, setup_run, train_epoch
+from zoo.training.loop import TrainState, setup_run, train_epoch
+from zoo.training.progress import LogProgress
 
 MODELS = ("mlp_relu", "mlpmixer_p8")
 
@@ -58,13 +58,15 @@ def recipe_for(model: str, train_size: int, batch_size: int) -> Any:
     )
 
 
-def zoo_epoch(run: Run, epoch: int) -> float:
+def zoo_epoch(run: TrainState, epoch: int) -> float:
     start = time.perf_counter()
     train_epoch(run, epoch, LogProgress())
     return time.perf_counter() - start
 
 
-def hand_epoch(run: Run, model: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int) -> float:
+def hand_epoch(
+    run: TrainState, model: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int
+) -> float:
     """What a user writes by hand: forward, loss, backward, step. Same batches as zoo's."""
     d, r = run.data, run.recipe
     generator = torch.Generator().manual_seed(epoch)

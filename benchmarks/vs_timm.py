@@ -7,7 +7,8 @@
 2. zoo's ``resnet18`` against a torchvision-style reference: torchvision's resnet18 with a
    3x3 stride-1 conv1, maxpool = Identity and a 10-class fc. Same check.
 3. Throughput ratio zoo / reference (inference and training step), measured in alternating
-   rounds with zoo.bench, medians over the rounds.
+   rounds with zoo.analysis.bench, medians over the rounds, with each model's MFU (achieved
+   FLOP/s / the machine's matmul peak; a training step counts 3x the forward FLOPs).
 4. Cold start: ``import zoo; zoo.create("mlpmixer_p4")`` against ``import timm`` + timm's
    ``MlpMixer(<same configuration>)`` (timm's ``mixer_*`` builders pin patch, width and depth,
    so ``timm.create_model`` cannot build it) in fresh subprocesses, alternating, median wall
@@ -32,7 +33,7 @@ from torch import nn
 
 import zoo
 from zoo._io import atomic_write_json, atomic_write_text
-from zoo.bench import measure
+from zoo.analysis.bench import measure
 from zoo.env import environment
 
 MIXER_CFG = {
@@ -91,21 +92,32 @@ def equivalence(ours: nn.Module, ref: nn.Module) -> dict[str, Any]:
 def throughput(
     ours: nn.Module, ref: nn.Module, batch: int, rounds: int, min_time: float, threads: int | None
 ) -> dict[str, Any]:
-    """Median images/s over alternating rounds, per mode; ratio zoo / reference."""
+    """Median images/s and MFU over alternating rounds, per mode; ratio zoo / reference."""
     out: dict[str, Any] = {"batch_size": batch, "rounds": rounds}
     for mode in ("inference", "train"):
         speeds: dict[str, list[float]] = {"zoo": [], "ref": []}
+        mfus: dict[str, list[float]] = {"zoo": [], "ref": []}
+        achieved: dict[str, list[float]] = {"zoo": [], "ref": []}
+        peak = 0.0
         for _ in range(rounds):
             for key, model in (("zoo", ours), ("ref", ref)):
                 rec = measure(
                     model, batch, mode=mode, min_time=min_time, min_reps=3, threads=threads
                 )
                 speeds[key].append(rec.images_per_s)
+                mfus[key].append(rec.mfu)
+                achieved[key].append(rec.achieved_flops_per_s)
+                peak = rec.peak_flops_per_s
         zoo_ips, ref_ips = statistics.median(speeds["zoo"]), statistics.median(speeds["ref"])
         out[mode] = {
             "zoo_images_per_s": zoo_ips,
             "ref_images_per_s": ref_ips,
             "ratio": zoo_ips / ref_ips,
+            "zoo_achieved_flops_per_s": statistics.median(achieved["zoo"]),
+            "ref_achieved_flops_per_s": statistics.median(achieved["ref"]),
+            "peak_flops_per_s": peak,
+            "zoo_mfu": statistics.median(mfus["zoo"]),
+            "ref_mfu": statistics.median(mfus["ref"]),
             "all_rounds": speeds,
         }
     return out
@@ -146,8 +158,9 @@ def _markdown(res: dict[str, Any]) -> str:
         f"{env['torch']}, zoo {env['zoo_version']} ({env['git_sha']}). {res['note']}",
         "",
         "| pair | params zoo | params ref | state dicts load both ways | max abs output diff "
-        "| inference img/s zoo / ref (ratio) | train img/s zoo / ref (ratio) |",
-        "|---|---|---|---|---|---|---|",
+        "| inference img/s zoo / ref (ratio) | train img/s zoo / ref (ratio) "
+        "| train MFU zoo / ref |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, pair in res["pairs"].items():
         eq, tp = pair["equivalence"], pair["throughput"]
@@ -159,15 +172,18 @@ def _markdown(res: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {eq['params_zoo']:,} | {eq['params_ref']:,} "
             f"| {'yes (strict)' if eq['state_dicts_load_strictly'] else 'no'} "
-            f"| {eq['max_abs_output_diff']:.2e} | {cells[0]} | {cells[1]} |"
+            f"| {eq['max_abs_output_diff']:.2e} | {cells[0]} | {cells[1]} "
+            f"| {tp['train']['zoo_mfu']:.1%} / {tp['train']['ref_mfu']:.1%} |"
         )
     cold = res["cold_start"]
     med = cold["median_s"]
     lines += [
         "",
-        "Throughput: zoo.bench, batch "
+        "Throughput: zoo.analysis.bench, batch "
         + ", ".join(f"{n} {p['throughput']['batch_size']}" for n, p in res["pairs"].items())
-        + f"; {res['rounds']} alternating rounds, median images/s per model.",
+        + f"; {res['rounds']} alternating rounds, median images/s per model. MFU = "
+        "achieved FLOP/s (3x forward FLOPs x img/s for a training step) / the fp32 matmul "
+        "peak (zoo.analysis.peak).",
         "",
         f"## Cold start (fresh subprocess, {cold['repeats']} alternating repeats, medians)",
         "",

@@ -24,7 +24,7 @@ def _zoo_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
 @pytest.fixture
 def isolated_registry() -> Iterator[None]:
     """Let a test register models or rescan plugins without leaking into other tests."""
-    from zoo import plugins, registry
+    from zoo.models import plugins, registry
 
     plugins.load_plugins()  # snapshot after discovery, or the built-ins would be lost
     saved = {k: list(v) for k, v in registry._REGISTRY.items()}

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 import zoo
-from zoo.export import save_model_files
+from zoo.weights.files import save_model_files
 
 
 def make_metrics(epochs: int, scale: float = 1.0) -> list[dict[str, Any]]:

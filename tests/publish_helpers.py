@@ -12,7 +12,7 @@ import torch
 import yaml
 
 import zoo
-from zoo.export import save_model_files
+from zoo.weights.files import save_model_files
 
 TINY = {"hidden_sizes": [8], "img_size": 4, "in_chans": 1, "num_classes": 3}
 TOKEN = "hf_zooTestSecretToken0123456789"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoo.augment import AugmentConfig, apply_augment, sample_resized_crop_params
+from zoo.data.augment import AugmentConfig, apply_augment, sample_resized_crop_params
 
 
 def _random_images(n: int = 64, c: int = 3, size: int = 12) -> torch.Tensor:

@@ -1,20 +1,38 @@
-"""zoo.bench: record schema, sanity of every number, output formats and the CLI."""
+"""zoo.analysis.bench: record schema, sanity of every number, output formats and the CLI."""
 
 from __future__ import annotations
 
+import argparse
 import csv
+import importlib.util
 import io
 import json
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 from click.testing import CliRunner
 
 import zoo
-from zoo.bench import BenchError, BenchRecord, format_records, measure, resolve_models
+from zoo.analysis import peak
+from zoo.analysis.bench import BenchError, BenchRecord, format_records, measure, resolve_models
 from zoo.cli import cli
 
 FAST = {"min_time": 0.01, "min_reps": 2, "warmup": 1, "threads": 1}
 ENV_KEYS = {"torch", "python", "device", "device_name", "threads", "zoo_version", "git_sha"}
+ENV_KEYS |= {"peak_flops_per_s", "peak_probe"}
+PEAK = 1e9  # FLOP/s of the fake matmul clock below
+
+
+@pytest.fixture(autouse=True)
+def _fake_peak_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peak probe (tests/test_peak.py) times nothing here: products take 2n^3 / PEAK s."""
+
+    def fake(a, b, reps: int) -> list[float]:
+        return [2 * a.shape[0] ** 3 / PEAK] * reps
+
+    monkeypatch.setattr(peak, "_time_matmul", fake)
+    monkeypatch.setattr(peak, "_MEMO", {})
 
 
 def tiny_mlp() -> torch.nn.Module:  # noqa: F821 - torch is imported lazily by zoo
@@ -53,6 +71,29 @@ def test_mixer_flops_proportional_to_batch_and_training_costs_more() -> None:
     assert train.mode == "train" and train.images_per_s > 0
     # backward costs about twice the forward
     assert 2 * four.flops_per_image < train.flops_per_image < 4 * four.flops_per_image
+
+
+def test_achieved_flops_peak_and_mfu_are_consistent() -> None:
+    model = zoo.create("mlpmixer_p4", embed_dim=16, num_blocks=1, img_size=8)
+    inference = measure(model, 4, **FAST)
+    train = measure(model, 4, mode="train", **FAST)
+    for rec in (inference, train):
+        assert rec.peak_flops_per_s == pytest.approx(PEAK)
+        assert rec.mfu == pytest.approx(rec.achieved_flops_per_s / rec.peak_flops_per_s)
+        assert rec.env["peak_flops_per_s"] == rec.peak_flops_per_s
+        key = rec.env["peak_probe"]["key"]
+        assert (key["dtype"], key["threads"], key["device_type"]) == ("float32", 1, "cpu")
+    assert inference.achieved_flops_per_s == pytest.approx(
+        inference.flops_per_image * inference.images_per_s
+    )
+    # a training step is worth 3x the forward FLOPs, whatever the counter saw in backward
+    assert train.achieved_flops_per_s == pytest.approx(
+        3 * inference.flops_per_image * train.images_per_s
+    )
+    # bf16 is compared with a bf16 peak
+    bf16 = measure(model, 4, precision="bf16", **FAST)
+    assert bf16.env["peak_probe"]["key"]["dtype"] == "bfloat16"
+    assert bf16.mfu == pytest.approx(bf16.achieved_flops_per_s / bf16.peak_flops_per_s)
 
 
 def test_cpu_peak_memory_counts_weights_gradients_adam_state_and_activations() -> None:
@@ -121,12 +162,22 @@ def test_formats() -> None:
     lines = format_records(records, "json").splitlines()
     assert [json.loads(line)["mode"] for line in lines] == ["inference", "train"]
     assert all(set(json.loads(line)["env"]) >= ENV_KEYS for line in lines)
+    for line, rec in zip(lines, records, strict=True):
+        data = json.loads(line)
+        assert data["mfu"] == pytest.approx(rec.mfu) and data["peak_flops_per_s"] > 0
+        assert data["achieved_flops_per_s"] == pytest.approx(rec.achieved_flops_per_s)
     rows = list(csv.DictReader(io.StringIO(format_records(records, "csv"))))
     assert len(rows) == 2 and rows[0]["env_torch"] and float(rows[1]["images_per_s"]) > 0
+    assert float(rows[1]["mfu"]) == pytest.approx(records[1].mfu)
+    assert json.loads(rows[0]["env_peak_probe"])["key"]["dtype"] == "float32"
     md = format_records(records, "md").splitlines()
     assert md[0].startswith("| model |") and md[1].startswith("|---|") and len(md) == 6
+    assert md[0].endswith("| GFLOP/s | MFU % |")
+    mfu_cell = md[3].split("|")[-2].strip()
+    assert mfu_cell == f"{100 * records[1].mfu:.1f}"
     table = format_records(records, "table").splitlines()
     assert "img/s" in table[0] and "torch" in table[-1] and len(table) == 4
+    assert "MFU %" in table[0] and "fp32 1.0 GFLOP/s" in table[-1]
     with pytest.raises(BenchError, match="unknown format"):
         format_records(records, "xml")
 
@@ -142,6 +193,37 @@ def test_cli_bench_json(tmp_path) -> None:
         ("mlp_relu", "inference", 2),
         ("mlp_relu", "train", 2),
     ]
+    assert all(r["mfu"] == pytest.approx(r["achieved_flops_per_s"] / PEAK) for r in records)
+
+
+def _script(name: str) -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_bench_script_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table1_and_vs_timm_carry_mfu() -> None:
+    table1 = _script("table1")
+    args = argparse.Namespace(
+        device="cpu", min_time=0.01, threads=1, batch_size=4, eval_batch_size=4, note=""
+    )
+    model = zoo.create("mlpmixer_p4", embed_dim=16, num_blocks=1, img_size=8)
+    row = {"model": "mlpmixer_p4", **table1._pair(model, args)}
+    md = table1._markdown([row], args, 1.0)
+    assert "| train GFLOP/s | MFU inf / train |" in md
+    assert f"| {row['inference'].mfu:.1%} / {row['train'].mfu:.1%} |" in md
+    assert "fp32 1.0 GFLOP/s" in md  # the peak it was compared with
+    train = row["train"].to_dict()  # what table1.json stores
+    assert train["mfu"] == pytest.approx(train["achieved_flops_per_s"] / PEAK)
+    result = _script("vs_timm").throughput(tiny_mlp(), tiny_mlp(), 4, 1, 0.01, 1)
+    for mode in ("inference", "train"):
+        out = result[mode]
+        assert out["peak_flops_per_s"] == pytest.approx(PEAK)
+        for who in ("zoo", "ref"):
+            assert out[f"{who}_mfu"] == pytest.approx(out[f"{who}_achieved_flops_per_s"] / PEAK)
 
 
 def test_cli_bench_unknown_model_is_one_line() -> None:

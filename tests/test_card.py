@@ -1,4 +1,4 @@
-"""zoo.card: the model card a run, an export and a Hub repo carry."""
+"""zoo.runs.card: the model card a run, an export and a Hub repo carry."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import yaml
 from publish_helpers import make_run
 
-from zoo.card import MARKER, card_text, render_card, write_card
 from zoo.errors import RunError
+from zoo.runs.card import MARKER, card_text, render_card, write_card
 
 
 def _front_matter(text: str) -> dict:
@@ -93,7 +93,7 @@ def test_card_of_a_bare_model_directory(tmp_path: Path):
     [
         ("metrics.jsonl", '{"epoch": 1}\n{broken\n', r"metrics.jsonl line 2 is not valid JSON"),
         ("summary.json", "[1, 2]", "must hold a JSON object"),
-        ("recipe.yaml", "a: [unclosed", "is not valid YAML"),
+        ("recipe.yaml", "a: [unclosed", "malformed YAML"),
     ],
 )
 def test_damaged_run_files_are_a_run_error(tmp_path: Path, name: str, content: str, match: str):

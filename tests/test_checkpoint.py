@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from zoo import checkpoint
-from zoo.checkpoint import (
+from zoo.errors import RunError
+from zoo.training import checkpoint
+from zoo.training.checkpoint import (
     get_rng_state,
     join_tensors,
     load_checkpoint,
@@ -21,7 +22,6 @@ from zoo.checkpoint import (
     set_rng_state,
     split_tensors,
 )
-from zoo.errors import RunError
 
 
 def _same(a: object, b: object) -> bool:

@@ -13,9 +13,10 @@ import torch
 from click.testing import CliRunner, Result
 from torch import nn
 
-from zoo import plugins, registry
+import zoo
 from zoo.cli import cli
 from zoo.errors import UnknownModelError
+from zoo.models import plugins, registry
 
 
 @pytest.fixture(autouse=True)
@@ -38,14 +39,14 @@ def test_models_json_with_params() -> None:
     result = run("models", "mlpmixer_p4", "--json", "--params")
     assert result.exit_code == 0
     rows = json.loads(result.output)
-    expected = sum(p.numel() for p in registry.create("mlpmixer_p4").parameters())
+    expected = sum(p.numel() for p in zoo.create("mlpmixer_p4").parameters())
     assert rows == [{"name": "mlpmixer_p4", "params": expected}]
 
 
 def test_models_params_table() -> None:
     result = run("models", "resnet18", "--params")
     assert result.exit_code == 0 and "resnet18" in result.output
-    assert f"{sum(p.numel() for p in registry.create('resnet18').parameters()):,}" in result.output
+    assert f"{sum(p.numel() for p in zoo.create('resnet18').parameters()):,}" in result.output
 
 
 def test_models_without_match_says_so() -> None:
@@ -89,7 +90,7 @@ def test_check_passes_a_builtin() -> None:
     result = run("check", "mlp_relu")
     assert result.exit_code == 0
     lines = [line for line in result.output.splitlines() if line.startswith(("PASS", "FAIL"))]
-    assert len(lines) == 9 and all(line.startswith("PASS mlp_relu ") for line in lines)
+    assert len(lines) == 16 and all(line.startswith("PASS mlp_relu ") for line in lines)
 
 
 def test_check_json() -> None:
@@ -97,7 +98,7 @@ def test_check_json() -> None:
     assert result.exit_code == 0
     report = json.loads(result.stdout.strip())
     assert report["model"] == "mlp_tanh" and report["ok"] is True
-    assert len(report["results"]) == 9
+    assert len(report["results"]) == 16  # zoo.testing.CHECKS
 
 
 def test_check_unknown_name_is_an_error() -> None:

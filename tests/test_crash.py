@@ -64,7 +64,7 @@ def maybe_die():
 
 
 import zoo._io
-import zoo.checkpoint
+import zoo.training.checkpoint
 
 if kind == "before-rename":  # a temp file is complete and fsynced, not yet renamed
     real_replace = os.replace
@@ -75,7 +75,7 @@ if kind == "before-rename":  # a temp file is complete and fsynced, not yet rena
 
     os.replace = replace
 elif kind == "mid-tensors":  # half of the checkpoint's tensor file is written
-    real_write = zoo.checkpoint.atomic_write_bytes
+    real_write = zoo.training.checkpoint.atomic_write_bytes
 
     def write(path, data):
         global calls
@@ -87,7 +87,7 @@ elif kind == "mid-tensors":  # half of the checkpoint's tensor file is written
                 os.kill(os.getpid(), signal.SIGKILL)
         return real_write(path, data)
 
-    zoo.checkpoint.atomic_write_bytes = write
+    zoo.training.checkpoint.atomic_write_bytes = write
 elif kind == "mid-json":  # half of last.json is written
     real_dump = json.dump
 
@@ -99,7 +99,7 @@ elif kind == "mid-json":  # half of last.json is written
             maybe_die()
         return real_dump(obj, f, **kw)
 
-    zoo.checkpoint.json.dump = dump
+    zoo.training.checkpoint.json.dump = dump
 elif kind == "before-cleanup":  # last.json committed, old tensors file not yet deleted
     from pathlib import Path
 
@@ -191,7 +191,8 @@ def test_sigkill_at_random_points_resumes_bit_identically(
     assert second.returncode in (-signal.SIGKILL, 0, 2), second.stderr
     assert _finish(run, workdir) == reference, (first_kind, second_kind)
     leftovers = [p.name for p in (workdir / run / "checkpoints").iterdir()]
-    assert sorted(leftovers) == [f"epoch-{EPOCHS:04d}.safetensors", "last.json"], leftovers
+    expected = ["best.json", "best.safetensors", f"epoch-{EPOCHS:04d}.safetensors", "last.json"]
+    assert sorted(leftovers) == expected, leftovers
 
 
 @pytest.mark.parametrize("seed", range(2))

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from zoo import data
-from zoo.augment import AugmentConfig
+from zoo.data import datasets as data
+from zoo.data.augment import AugmentConfig
 from zoo.errors import DataError
 
 # --------------------------------------------------------------------------------------------

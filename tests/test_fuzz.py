@@ -19,7 +19,13 @@ from hypothesis import strategies as st
 
 import zoo
 from zoo.errors import ZooError
-from zoo.export import CONFIG_NAME, WEIGHTS_NAME, load_model_dir, load_state_dict, save_model_files
+from zoo.weights.files import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    load_model_dir,
+    load_state_dict,
+    save_model_files,
+)
 
 TINY = {"hidden_sizes": [4], "img_size": 2, "in_chans": 1, "num_classes": 3}
 FAST = settings(
@@ -202,7 +208,7 @@ def _check_config_raises(original: Path, tmp: Path, config: dict[str, Any]) -> N
 
 @pytest.fixture(scope="module")
 def checkpoint_dir() -> Iterator[Path]:
-    from zoo.checkpoint import save_checkpoint
+    from zoo.training.checkpoint import save_checkpoint
 
     root = Path(tempfile.mkdtemp(prefix="zoo-fuzz-ck-"))
     model = torch.nn.Linear(2, 2)
@@ -215,7 +221,7 @@ def checkpoint_dir() -> Iterator[Path]:
 
 
 def _check_checkpoint(original: Path, tmp: Path, name: str, edits: Any) -> None:
-    from zoo.checkpoint import JSON_NAME, load_checkpoint
+    from zoo.training.checkpoint import JSON_NAME, load_checkpoint
 
     directory = tmp / "ck"
     shutil.copytree(original, directory, dirs_exist_ok=True)
@@ -247,7 +253,7 @@ def test_mutated_checkpoint(checkpoint_dir: Path, tmp_path: Path, name: str, edi
     ids=["unknown-tensor", "bad-items", "epoch-text", "epoch-null", "escape", "name-int"],
 )
 def test_hostile_checkpoint_record(checkpoint_dir: Path, tmp_path: Path, change: dict) -> None:
-    from zoo.checkpoint import JSON_NAME, load_checkpoint
+    from zoo.training.checkpoint import JSON_NAME, load_checkpoint
 
     directory = tmp_path / "ck"
     shutil.copytree(checkpoint_dir, directory)
@@ -263,7 +269,7 @@ def test_hostile_checkpoint_record(checkpoint_dir: Path, tmp_path: Path, change:
 def test_random_checkpoint_record(
     checkpoint_dir: Path, tmp_path: Path, state: Any, epoch: Any
 ) -> None:
-    from zoo.checkpoint import JSON_NAME, load_checkpoint
+    from zoo.training.checkpoint import JSON_NAME, load_checkpoint
 
     directory = tmp_path / "ck"
     shutil.copytree(checkpoint_dir, directory, dirs_exist_ok=True)

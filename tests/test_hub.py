@@ -1,4 +1,5 @@
-"""zoo.hub against a Hub-compatible test server, driven by the real huggingface_hub client."""
+"""zoo.weights.hub against a Hub-compatible test server, driven by the real huggingface_hub
+client."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from publish_helpers import TINY, TOKEN, hf_env, make_run, point_client_at, samp
 from safetensors.torch import load_file, save_file
 
 import zoo
-from zoo import hub, store
 from zoo.cli import cli
 from zoo.errors import HubError, WeightsError
+from zoo.weights import hub, store
 
 REPO = "me/tiny"
 
@@ -217,8 +218,9 @@ def test_corrupted_weights_on_the_hub(server: FakeHub, run, damage: str):
 
 def test_num_classes_that_disagree_with_the_weights(server: FakeHub, run):
     hub.push(run[0], REPO)
-    with pytest.raises(WeightsError, match=r"trained for 3 classes but num_classes=5"):
-        zoo.create(f"hf-hub:{REPO}", num_classes=5)
+    model = zoo.create(f"hf-hub:{REPO}", num_classes=5)  # fine-tuning: a fresh 5-class head
+    assert model.zoo_cfg["pretrained"]["reinitialised"] == ["head.bias", "head.weight"]
+    assert model.zoo_cfg["pretrained"]["source"] == f"hf-hub:{REPO}"
 
 
 def test_wrong_architecture_for_pretrained_source(server: FakeHub, run):
@@ -346,7 +348,10 @@ import sys, torch, zoo
 from safetensors.torch import load_file
 ref = load_file(sys.argv[2])
 model = zoo.create(sys.argv[1]).eval()
-assert torch.equal(model(ref["x"]), ref["y"]), "outputs differ"
+# ref["y"] was computed in the pytest process: another process may pick other kernels or
+# thread splits (it differs by 1 ulp on AMD EPYC), so compare with float32's default
+# tolerance (rtol 1.3e-6, atol 1e-5); a wrong or misloaded weight moves outputs by ~1e-1.
+torch.testing.assert_close(model(ref["x"]), ref["y"])
 print("ok")
 """
 

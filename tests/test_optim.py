@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from torch import nn
 
-from zoo.optim import build_optimizer, lr_factor
 from zoo.recipe import Recipe, from_dict
+from zoo.training.optim import build_optimizer, lr_factor
 
 
 def recipe(**sections: Any) -> Recipe:

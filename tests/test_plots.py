@@ -1,4 +1,4 @@
-"""zoo.plots: every figure's panels and lines, PNGs written, tables and Pareto fronts."""
+"""zoo.runs.plots: every figure's panels and lines, PNGs written, tables and Pareto fronts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from fabricate_runs import make_metrics
 
 from zoo.errors import RunError
-from zoo.plots import (
+from zoo.runs.files import read_metrics
+from zoo.runs.plots import (
     PANELS,
     curve_axes,
     pareto_front,
@@ -17,7 +18,6 @@ from zoo.plots import (
     plot_pareto,
     plot_run,
     plot_sweep,
-    read_metrics,
     save_figure,
     sweep_table,
 )
@@ -76,7 +76,7 @@ def test_read_metrics_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(RunError, match=r"metrics\.jsonl is missing"):
         read_metrics(tmp_path)
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{broken\n')
-    with pytest.raises(RunError, match="line 2 is not JSON"):
+    with pytest.raises(RunError, match="line 2 is not valid JSON"):
         read_metrics(tmp_path)
 
 

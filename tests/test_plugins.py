@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 import zoo
-from zoo import plugins
 from zoo.cli import cli
 from zoo.errors import AmbiguousModelError
+from zoo.models import plugins
 
 _counter = itertools.count()
 
@@ -25,7 +25,7 @@ GOOD_MODULE = """
 from torch import nn
 
 import zoo
-from zoo.registry import build_model
+from zoo.models.registry import build_model
 
 
 class Tiny(nn.Module):

@@ -180,7 +180,7 @@ CATALOGUE: list[tuple[str, str, tuple[str, ...], str]] = [
         "model-arg-wrong-kind",
         VALID,
         ("model.args.hidden_sizes=5",),
-        "building mlp_relu failed (TypeError",
+        "argument hidden_sizes=5 must be a list",
     ),
     (
         "model-arg-bad-value",

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 import zoo
-from zoo import plugins, registry
 from zoo.errors import (
     AmbiguousModelError,
     DuplicateModelError,
@@ -17,6 +16,7 @@ from zoo.errors import (
     UnknownModelError,
     ZooError,
 )
+from zoo.models import plugins, registry
 
 BUILTINS = [
     "mlp_relu",

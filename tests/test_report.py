@@ -1,4 +1,4 @@
-"""zoo.report: a report from fabricated sweeps and runs names only figures that exist."""
+"""zoo.analysis.report: a report from fabricated sweeps and runs names only figures that exist."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from fabricate_runs import make_run, make_sweep
 
+from zoo.analysis.report import build_report, discover
 from zoo.cli import cli
 from zoo.errors import RunError
-from zoo.report import build_report, discover
 
 TINY_MIXER = {"embed_dim": 8, "num_blocks": 1}
 TINY_RESNET = {"widths": [4, 4, 4, 4], "layers": [1, 1, 1, 1]}

@@ -12,13 +12,8 @@ import pytest
 
 from zoo.errors import RunError
 from zoo.recipe import Recipe, from_dict
-from zoo.rundir import (
-    claim_run_dir,
-    default_run_dir,
-    read_metrics,
-    resume_recipe,
-    write_errors,
-)
+from zoo.runs.files import claim_run_dir, read_metrics, write_errors
+from zoo.training.rundir import default_run_dir, resume_recipe
 
 
 def recipe(**changes: Any) -> Recipe:
@@ -67,12 +62,19 @@ def test_resume_accepts_more_epochs_and_refuses_other_changes(tmp_path: Path) ->
         resume_recipe(tmp_path, changed)
 
 
-def test_read_metrics_skips_a_torn_line(tmp_path: Path) -> None:
-    assert read_metrics(tmp_path) == []
+def test_read_metrics_refuses_a_torn_line_naming_it(tmp_path: Path) -> None:
+    # metrics.jsonl is replaced atomically, so a torn line is damage: refuse, never drop it
+    assert read_metrics(tmp_path, missing_ok=True) == []
     rows = [{"epoch": 1}, {"epoch": 2}]
     text = "".join(json.dumps(r) + "\n" for r in rows)
-    (tmp_path / "metrics.jsonl").write_text(text + '{"epoch": 3, "tr')
+    (tmp_path / "metrics.jsonl").write_text(text)
     assert read_metrics(tmp_path) == rows
+    (tmp_path / "metrics.jsonl").write_text(text + '{"epoch": 3, "tr')
+    with pytest.raises(RunError, match=r"metrics\.jsonl line 3 is not valid JSON"):
+        read_metrics(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text(text + '{"epoch": "3"}\n')
+    with pytest.raises(RunError, match=r"line 3: epoch '3' is not an integer"):
+        read_metrics(tmp_path)
 
 
 def test_a_failed_write_says_what_was_kept(tmp_path: Path) -> None:

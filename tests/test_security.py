@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import zoo
-from zoo.checkpoint import load_checkpoint, save_checkpoint
-from zoo.export import load_model_dir, save_model_files
+from zoo.training.checkpoint import load_checkpoint, save_checkpoint
+from zoo.weights.files import load_model_dir, save_model_files
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "zoo").rglob("*.py")) + sorted((ROOT / "plugins").glob("*/zoo_*/**/*.py"))
@@ -38,8 +38,8 @@ FORBIDDEN = {
 }
 ALLOWED = {
     # CIFAR-10 ships as pickles; zoo reads them with an unpickler whose find_class allows
-    # only numpy's array reconstruction and the bytes encoder (see zoo/data.py).
-    ("zoo/data.py", "Unpickler"),
+    # only numpy's array reconstruction and the bytes encoder (see zoo/data/datasets.py).
+    ("zoo/data/datasets.py", "Unpickler"),
 }
 
 
@@ -86,7 +86,7 @@ def test_the_scan_finds_what_it_looks_for(tmp_path: Path) -> None:
 
 
 def test_cifar_unpickler_refuses_code(tmp_path: Path) -> None:
-    from zoo import data
+    from zoo.data import datasets as data
     from zoo.errors import DataError
 
     class Boom:

@@ -14,13 +14,19 @@ import pytest
 from click.testing import CliRunner
 
 from zoo.cli import cli
-from zoo.data import default_root
+from zoo.data.datasets import default_root
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml") if not p.stem.startswith("_"))
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 # 28x28 images: Mixer patches must divide 28 (7 and 14 stand in for 8 and 16 of 32x32)
-PATCHES = {"mixer_patch": ["--set", "sweep={model.args.patch_size: [4, 7]}"]}
+PATCHES = {
+    "mixer_patch": ["--set", "sweep={model.args.patch_size: [4, 7]}"],
+    "mixer_regularised": ["--set", "schedule.warmup_epochs=0"],  # 5 warm-up epochs of 300
+}
+# The fine-tuning template names weights and images the user has; here it starts from scratch
+# on a built-in dataset (tests/test_finetune.py trains it from a real run on real PNGs).
+TEMPLATES = {"finetune_imagefolder": ["--set", "model.pretrained=null", "--set", "data.root=null"]}
 QUICK = [
     "--set", "data.dataset=fashion_mnist", "--set", "epochs=1", "--set", "data.valid_size=256",
     "--set", "data.test_subset=256", "--set", "data.batch_size=32", "--limit-train-batches", "2",
@@ -36,7 +42,9 @@ def test_every_shipped_recipe_is_tested() -> None:
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_recipe_dry_run(name: str, tmp_path: Path) -> None:
     args = ["train", str(ROOT / "recipes" / f"{name}.yaml"), "--dry-run", "--out", str(tmp_path)]
-    result = CliRunner().invoke(cli, [*args, "--set", "data.dataset=synthetic"])
+    result = CliRunner().invoke(
+        cli, [*args, "--set", "data.dataset=synthetic", *TEMPLATES.get(name, [])]
+    )
     assert result.exit_code == 0, result.output
     assert "dry run: nothing was trained" in result.output
     assert not any(tmp_path.iterdir())
@@ -52,7 +60,7 @@ def test_shipped_recipe_dry_run(name: str, tmp_path: Path) -> None:
 def test_shipped_recipe_trains_on_fashion_mnist(name: str, tmp_path: Path) -> None:
     out = tmp_path / name
     args = ["train", str(ROOT / "recipes" / f"{name}.yaml"), "--out", str(out), *QUICK]
-    result = CliRunner().invoke(cli, [*args, *PATCHES.get(name, [])])
+    result = CliRunner().invoke(cli, [*args, *PATCHES.get(name, []), *TEMPLATES.get(name, [])])
     assert result.exit_code == 0, result.output
     summaries = (
         [out / "summary.json"]

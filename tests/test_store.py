@@ -1,4 +1,4 @@
-"""zoo.store: tagged weights in the local store (``model.tag``), timm style."""
+"""zoo.weights.store: tagged weights in the local store (``model.tag``), timm style."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from click.testing import CliRunner
 from publish_helpers import TINY, make_run, sample_input
 
 import zoo
-from zoo import store
 from zoo.cli import cli
 from zoo.errors import HubError, WeightsError
-from zoo.registry import get_entry
+from zoo.weights import store
 
 
 def test_publish_then_create_by_tag(tmp_path: Path, _zoo_home: Path):
@@ -52,7 +51,7 @@ def test_unknown_tag_suggests_close_ones(tmp_path: Path):
     with pytest.raises(
         WeightsError, match=r"no weights tagged 'cifar10_bst'.*Did you mean: cifar10_best"
     ):
-        store.create_tagged(get_entry("mlp_relu"), "cifar10_bst")
+        store.resolve_tag("mlp_relu", "cifar10_bst")
 
 
 def test_existing_tag_is_refused_unless_forced(tmp_path: Path):
@@ -72,7 +71,7 @@ def test_tags_that_would_become_unsafe_paths_are_refused(tmp_path: Path, tag: st
     with pytest.raises(WeightsError, match="invalid weight tag"):
         store.publish(run, None, tag)
     with pytest.raises(WeightsError, match="invalid weight tag"):
-        store.create_tagged(get_entry("mlp_relu"), tag)
+        store.resolve_tag("mlp_relu", tag)
     assert not (_zoo_home / "weights").exists()
 
 

@@ -15,19 +15,20 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from zoo.checkpoint import CHECKPOINT_DIR, JSON_NAME
 from zoo.cli import cli
 from zoo.errors import RunError
-from zoo.launch import plan, run_recipe
 from zoo.recipe import expand_sweep, from_dict
-from zoo.sweep import sweep_status
+from zoo.training.checkpoint import CHECKPOINT_DIR, JSON_NAME
+from zoo.training.launch import plan, run_recipe
+from zoo.training.loop import RunOptions
+from zoo.training.sweep import sweep_status
 
 
 @pytest.fixture(autouse=True)
 def _one_thread_no_plots(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    import zoo.train
+    import zoo.training.loop
 
-    monkeypatch.setattr(zoo.train, "after_run", lambda run_dir, recipe: None)
+    monkeypatch.setattr(zoo.training.loop, "after_run", lambda run_dir, recipe: None)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -75,8 +76,10 @@ def test_status_tells_done_running_failed_and_missing_apart(tmp_path: Path) -> N
     # lr 1e30 diverges: that point fails; the sweep goes on
     recipe = from_dict(sweep_recipe([0.1, 1e30, 0.05, 0.01], key="optim.lr"))
     root = tmp_path / "sweep"
-    run_recipe(recipe, root, shard=(0, 2), device="cpu")  # points 0 and 2
-    run_recipe(recipe, root, shard=(1, 2), device="cpu")  # points 1 (fails) and 3
+    run_recipe(recipe, RunOptions(out_dir=root, shard=(0, 2), device="cpu"))  # points 0 and 2
+    run_recipe(
+        recipe, RunOptions(out_dir=root, shard=(1, 2), device="cpu")
+    )  # points 1 (fails) and 3
     names = [p.name for p in expand_sweep(recipe)]
     # point 3: checkpointed but no summary yet (being trained, or killed); point 2: never run
     running = root / names[3]
@@ -112,12 +115,12 @@ def test_status_of_a_directory_that_is_not_a_sweep_says_so(tmp_path: Path) -> No
 
 
 def test_report_reads_a_sweep_assembled_from_shards(tmp_path: Path) -> None:
-    from zoo.report import build_report
+    from zoo.analysis.report import build_report
 
     recipe = from_dict(sweep_recipe([1, 2, 3]))
     root = tmp_path / "sweep"
-    run_recipe(recipe, root, shard=(1, 2), device="cpu")
-    run_recipe(recipe, root, shard=(0, 2), device="cpu")
+    run_recipe(recipe, RunOptions(out_dir=root, shard=(1, 2), device="cpu"))
+    run_recipe(recipe, RunOptions(out_dir=root, shard=(0, 2), device="cpu"))
     index = json.loads((root / "sweep.json").read_text())
     assert [p["status"] for p in index["points"]] == ["done"] * 3
     report = build_report([root], tmp_path / "report", bench=False)

@@ -16,13 +16,14 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from torch import nn
 
-from zoo.checkpoint import load_checkpoint
 from zoo.cli import cli
+from zoo.devices import autocast_dtype, select_device
 from zoo.errors import RecipeError, RunError, TrainingError
-from zoo.launch import run_recipe
 from zoo.recipe import from_dict
-from zoo.rundir import after_run as real_after_run
-from zoo.train import TrainingInterrupted, autocast_dtype, fit, select_device
+from zoo.training.checkpoint import load_checkpoint
+from zoo.training.launch import run_recipe
+from zoo.training.loop import RunOptions, TrainingInterrupted, fit
+from zoo.training.rundir import after_run as real_after_run
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 TIMING_KEYS = {"seconds", "train_seconds", "images_per_s"}
@@ -43,10 +44,12 @@ def _skip_card_and_plots(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Curves, card and publishing (other modules; ~1 s of matplotlib per run) run once, in
     test_after_run_writes_curves_and_card_and_publishes_the_tag; elsewhere the call is only
     recorded."""
-    import zoo.train
+    import zoo.training.loop
 
     calls: list[Path] = []
-    monkeypatch.setattr(zoo.train, "after_run", lambda run_dir, recipe: calls.append(run_dir))
+    monkeypatch.setattr(
+        zoo.training.loop, "after_run", lambda run_dir, recipe: calls.append(run_dir)
+    )
     return calls
 
 
@@ -126,10 +129,13 @@ def test_autocast_dtype_per_precision_and_device() -> None:
 
 
 def test_learns_a_synthetic_task_and_writes_the_run_directory(tmp_path: Path) -> None:
-    run = fit(from_dict(tiny()), tmp_path / "run", device="cpu")
+    run = fit(from_dict(tiny()), RunOptions(out_dir=tmp_path / "run", device="cpu"))
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["test_acc"] >= 0.9  # chance is 0.25
-    assert summary["test_weights"] == "final" and 1 <= summary["best_epoch"] <= 3
+    # chance is 0.25. This seed gives 58/64 = 0.906 here, but another CPU rounds differently
+    # and a test image near the boundary can flip (seed 1 does, emulated with
+    # ATEN_CPU_CAPABILITY=default), so the bar keeps a margin of several images.
+    assert summary["test_acc"] >= 0.8
+    assert summary["test_weights"] == "best" and 1 <= summary["best_epoch"] <= 3
     assert summary["env"]["torch"] == torch.__version__ and summary["env"]["device"] == "cpu"
     rows = metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
@@ -147,7 +153,7 @@ def test_after_run_writes_curves_and_card_and_publishes_the_tag(
     import zoo
 
     recipe = from_dict(tiny(epochs=1, limit_train_batches=1, publish={"tag": "tiny_test"}))
-    run = fit(recipe, tmp_path / "run", device="cpu")
+    run = fit(recipe, RunOptions(out_dir=tmp_path / "run", device="cpu"))
     assert _skip_card_and_plots == [run]  # fit calls the hooks once, at the end
     real_after_run(run, recipe)
     assert zoo.list_models("mlp_relu*", pretrained=True) == ["mlp_relu.tiny_test"]
@@ -156,11 +162,11 @@ def test_after_run_writes_curves_and_card_and_publishes_the_tag(
 
 
 def test_same_recipe_and_seed_give_the_same_run_twice(tmp_path: Path) -> None:
-    a = fit(from_dict(tiny()), tmp_path / "a", device="cpu")
-    b = fit(from_dict(tiny()), tmp_path / "b", device="cpu")
+    a = fit(from_dict(tiny()), RunOptions(out_dir=tmp_path / "a", device="cpu"))
+    b = fit(from_dict(tiny()), RunOptions(out_dir=tmp_path / "b", device="cpu"))
     assert metrics(a) == metrics(b)
     assert_same_weights(a, b)
-    c = fit(from_dict(tiny(seed=7)), tmp_path / "c", device="cpu")
+    c = fit(from_dict(tiny(seed=7)), RunOptions(out_dir=tmp_path / "c", device="cpu"))
     assert metrics(c) != metrics(a)
 
 
@@ -177,12 +183,15 @@ def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(
     interrupt_at: int, tmp_path: Path
 ) -> None:
     recipe = from_dict(tiny())
-    whole = fit(recipe, tmp_path / "whole", device="cpu")
+    whole = fit(recipe, RunOptions(out_dir=tmp_path / "whole", device="cpu"))
     part = tmp_path / "part"
     with pytest.raises(TrainingInterrupted, match=f"epoch {interrupt_at} is checkpointed.*resume"):
-        fit(recipe, part, device="cpu", progress=_interrupt_after_epoch(interrupt_at))
+        fit(
+            recipe,
+            RunOptions(out_dir=part, device="cpu", progress=_interrupt_after_epoch(interrupt_at)),
+        )
     assert not (part / "summary.json").exists()
-    fit(None, resume=part, device="cpu")
+    fit(None, RunOptions(resume=part, device="cpu"))
     assert metrics(part) == metrics(whole)
     assert_same_weights(part, whole)
 
@@ -194,7 +203,7 @@ def test_first_ctrl_c_finishes_the_epoch_and_checkpoints_it(tmp_path: Path) -> N
 
     run = tmp_path / "run"
     with pytest.raises(TrainingInterrupted, match=f"zoo train --resume {run}"):
-        fit(from_dict(tiny()), run, device="cpu", progress=progress)
+        fit(from_dict(tiny()), RunOptions(out_dir=run, device="cpu", progress=progress))
     assert load_checkpoint(run / "checkpoints")[1] == 2
     assert [r["epoch"] for r in metrics(run)] == [1, 2]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -203,11 +212,16 @@ def test_first_ctrl_c_finishes_the_epoch_and_checkpoints_it(tmp_path: Path) -> N
 def test_resume_refuses_a_different_recipe_naming_the_keys(tmp_path: Path) -> None:
     run = tmp_path / "run"
     with pytest.raises(TrainingInterrupted):
-        fit(from_dict(tiny()), run, device="cpu", progress=_interrupt_after_epoch(1))
+        fit(
+            from_dict(tiny()),
+            RunOptions(out_dir=run, device="cpu", progress=_interrupt_after_epoch(1)),
+        )
     changed = from_dict(tiny(**{"optim.lr": 0.5, "data.batch_size": 16}))
     with pytest.raises(RunError, match=r"data.batch_size: 32 -> 16; optim.lr: 0.01 -> 0.5"):
-        fit(changed, resume=run, device="cpu")
-    longer = fit(from_dict(tiny(epochs=4)), resume=run, device="cpu")  # more epochs is fine
+        fit(changed, RunOptions(resume=run, device="cpu"))
+    longer = fit(
+        from_dict(tiny(epochs=4)), RunOptions(resume=run, device="cpu")
+    )  # more epochs is fine
     assert [r["epoch"] for r in metrics(longer)] == [1, 2, 3, 4]
 
 
@@ -216,15 +230,15 @@ def test_existing_output_directory_is_refused_unless_forced(tmp_path: Path) -> N
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(RunError, match=r"already exists.*--resume.*--force"):
-        fit(from_dict(tiny(epochs=1)), out, device="cpu")
-    fit(from_dict(tiny(epochs=1)), out, device="cpu", force=True)
+        fit(from_dict(tiny(epochs=1)), RunOptions(out_dir=out, device="cpu"))
+    fit(from_dict(tiny(epochs=1)), RunOptions(out_dir=out, device="cpu", force=True))
     assert (out / "summary.json").is_file() and (out / "notes.txt").read_text() == "mine"
 
 
 @pytest.fixture
 def poisoned_model(isolated_registry: None) -> Iterator[dict[str, int]]:
     """A registered model whose training forward pass number ``at`` returns NaN logits."""
-    from zoo.registry import register_model
+    from zoo.models.registry import register_model
 
     poison = {"at": -1, "calls": 0}
 
@@ -258,7 +272,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_checkpoint(
         match=r"loss is nan at epoch 2, step 2 of 6.*checkpoint "
         r"\(epoch 1\).*optim.lr",
     ) as error:
-        fit(recipe, tmp_path / "run", device="cpu")
+        fit(recipe, RunOptions(out_dir=tmp_path / "run", device="cpu"))
     assert "on_nan=skip" in str(error.value)
     assert "precision" not in str(error.value)  # fp32 already: no advice to switch to it
     assert load_checkpoint(tmp_path / "run" / "checkpoints")[1] == 1
@@ -269,7 +283,7 @@ def test_on_nan_skip_skips_the_bad_step_and_finishes(
 ) -> None:
     poisoned_model["at"] = 6 + 2
     recipe = from_dict(tiny(model={"name": "poisonable_linear"}, on_nan="skip"))
-    run = fit(recipe, tmp_path / "run", device="cpu")
+    run = fit(recipe, RunOptions(out_dir=tmp_path / "run", device="cpu"))
     assert [r["skipped_steps"] for r in metrics(run)] == [0, 1, 0]
     assert json.loads((run / "summary.json").read_text())["test_acc"] > 0.5
 
@@ -278,7 +292,7 @@ def test_bf16_autocast_and_limits_on_cpu(tmp_path: Path) -> None:
     recipe = from_dict(
         tiny(precision="bf16", epochs=1, limit_train_batches=2, limit_eval_batches=1)
     )
-    run = fit(recipe, tmp_path / "run", device="cpu")
+    run = fit(recipe, RunOptions(out_dir=tmp_path / "run", device="cpu"))
     row = metrics(run)[0]
     assert torch.isfinite(torch.tensor(row["train_loss"]))
     assert weights(run)["head.weight"].dtype == torch.float32  # autocast keeps fp32 weights
@@ -292,7 +306,7 @@ def test_channels_last_conv_model_trains(tmp_path: Path) -> None:
             epochs=1,
         )
     )
-    run = fit(recipe, tmp_path / "run", device="cpu")
+    run = fit(recipe, RunOptions(out_dir=tmp_path / "run", device="cpu"))
     assert json.loads((run / "summary.json").read_text())["params"] > 0
 
 
@@ -301,7 +315,7 @@ def test_channels_last_conv_model_trains(tmp_path: Path) -> None:
 
 def test_sweep_runs_every_point_and_writes_the_index(tmp_path: Path) -> None:
     recipe = from_dict(tiny(epochs=1, sweep={"optim.lr": [0.01, 0.001], "seed": [1, 2]}))
-    root = run_recipe(recipe, tmp_path / "sweep", device="cpu")
+    root = run_recipe(recipe, RunOptions(out_dir=tmp_path / "sweep", device="cpu"))
     index = json.loads((root / "sweep.json").read_text())
     assert index["keys"] == ["optim.lr", "seed"]
     assert [p["status"] for p in index["points"]] == ["done"] * 4
@@ -315,11 +329,11 @@ def test_shards_partition_a_sweep(tmp_path: Path) -> None:
     recipe = from_dict(tiny(epochs=1, limit_train_batches=1, sweep={"seed": [1, 2, 3]}))
     out = tmp_path / "sweep"
     with pytest.raises(RunError, match="--shard needs --out"):
-        run_recipe(recipe, shard=(0, 2), device="cpu")
-    run_recipe(recipe, out, shard=(1, 2), device="cpu")
+        run_recipe(recipe, RunOptions(shard=(0, 2), device="cpu"))
+    run_recipe(recipe, RunOptions(out_dir=out, shard=(1, 2), device="cpu"))
     index = json.loads((out / "sweep.json").read_text())
     assert [p["status"] for p in index["points"]] == ["pending", "done", "pending"]
-    run_recipe(recipe, out, shard=(0, 2), device="cpu")
+    run_recipe(recipe, RunOptions(out_dir=out, shard=(0, 2), device="cpu"))
     index = json.loads((out / "sweep.json").read_text())
     assert [p["status"] for p in index["points"]] == ["done"] * 3
 
@@ -373,7 +387,7 @@ def test_quickstart_reaches_85_percent_on_fashion_mnist(tmp_path: Path) -> None:
 
     recipe_path = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
     start = time.perf_counter()
-    run = fit(load_recipe(recipe_path), tmp_path / "run")
+    run = fit(load_recipe(recipe_path), RunOptions(out_dir=tmp_path / "run"))
     seconds = time.perf_counter() - start
     summary = json.loads((run / "summary.json").read_text())
     print(f"quickstart: test_acc {summary['test_acc']:.4f} in {seconds:.1f} s")
@@ -383,7 +397,10 @@ def test_quickstart_reaches_85_percent_on_fashion_mnist(tmp_path: Path) -> None:
 def test_cli_resume_continues_an_interrupted_run(tmp_path: Path) -> None:
     run = tmp_path / "run"
     with pytest.raises(TrainingInterrupted):
-        fit(from_dict(tiny()), run, device="cpu", progress=_interrupt_after_epoch(1))
+        fit(
+            from_dict(tiny()),
+            RunOptions(out_dir=run, device="cpu", progress=_interrupt_after_epoch(1)),
+        )
     result = CliRunner().invoke(cli, ["train", "--resume", str(run), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert [r["epoch"] for r in metrics(run)] == [1, 2, 3]
@@ -393,12 +410,12 @@ def test_cli_resume_continues_an_interrupted_run(tmp_path: Path) -> None:
 def test_cli_tensorboard_without_tensorboard_says_how_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import zoo.progress
+    import zoo.training.progress
 
     def missing(self: object) -> None:
         raise ImportError("No module named 'tensorboard'")
 
-    monkeypatch.setattr(zoo.progress.TensorBoardProgress, "__init__", missing)
+    monkeypatch.setattr(zoo.training.progress.TensorBoardProgress, "__init__", missing)
     recipe = _write_recipe(tmp_path / "tiny.yaml", epochs=1, limit_train_batches=1)
     result = CliRunner().invoke(
         cli,
@@ -410,9 +427,9 @@ def test_cli_tensorboard_without_tensorboard_says_how_to_install(
 
 def test_resumed_sweep_skips_finished_points(tmp_path: Path) -> None:
     recipe = from_dict(tiny(epochs=1, limit_train_batches=1, sweep={"seed": [1, 2]}))
-    out = run_recipe(recipe, tmp_path / "sweep", device="cpu", shard=(0, 2))
+    out = run_recipe(recipe, RunOptions(out_dir=tmp_path / "sweep", device="cpu", shard=(0, 2)))
     first = (out / "seed=1" / "summary.json").read_text()
-    run_recipe(None, resume=out, device="cpu")
+    run_recipe(None, RunOptions(resume=out, device="cpu"))
     index = json.loads((out / "sweep.json").read_text())
     assert [p["status"] for p in index["points"]] == ["done", "done"]
     assert (out / "seed=1" / "summary.json").read_text() == first  # not retrained

@@ -1,4 +1,4 @@
-"""zoo.viz: first-layer tiles for ResNet and Mixer, grids, plugins, the CLI."""
+"""zoo.analysis.viz: first-layer tiles for ResNet and Mixer, grids, plugins, the CLI."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from fabricate_runs import make_run
 from torch import nn
 
 import zoo
-from zoo import viz
+from zoo.analysis import viz
+from zoo.analysis.viz import FirstLayer, VizError, first_layer, plot_first_layer, tile_grid
 from zoo.cli import cli
-from zoo.viz import FirstLayer, VizError, first_layer, plot_first_layer, tile_grid
 
 
 def test_resnet18_gives_64_grey_standardised_kernels() -> None:
@@ -56,7 +56,7 @@ def test_plot_first_layer_is_one_image_of_the_grid() -> None:
 
 def test_unknown_architecture_is_a_clear_error() -> None:
     with pytest.raises(
-        VizError, match=r"mlp_relu \(Mlp\) has no first-layer.*register_first_layer"
+        VizError, match=r"mlp_relu \(MlpClassifier\) has no first-layer.*register_first_layer"
     ):
         first_layer(zoo.create("mlp_relu"))
 

@@ -1,4 +1,5 @@
-"""Guarded YAML for recipes: ``yaml.safe_load`` with limits on size, aliases, values and depth.
+"""Guarded YAML for recipes and the run files written from them: ``yaml.safe_load`` with
+limits on size, aliases, values and depth.
 
 A recipe file or ``--set`` value is parsed by :class:`_GuardedLoader`, which refuses Python
 tags and duplicate keys, counts aliases and values as it composes, and reads ``1e-3`` as a
@@ -9,12 +10,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
-from zoo._recipe_checks import _fail, _kind
-from zoo.errors import did_you_mean
+from zoo.errors import RecipeError, did_you_mean
 
 MAX_FILE_BYTES = 1 << 20  # a recipe is a page of text; anything bigger is a mistake or an attack
 MAX_ALIASES = 50  # anchors are handy for sharing a block; billions of laughs are not
@@ -61,10 +61,20 @@ class _GuardedLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def kind(value: Any) -> str:
+    """How a value reads in an error message: a number, a string, a list, ..."""
+    kinds = {bool: "true/false", int: "a number", float: "a number", str: "a string"}
+    return kinds.get(type(value), "a list" if isinstance(value, list) else type(value).__name__)
+
+
+def _fail(source: str, problem: str, fix: str) -> NoReturn:
+    raise RecipeError(f"{source}: {problem}; {fix}")
+
+
 _GuardedLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+.0123456789"))
 
 
-def _parse_yaml(text: str, source: str) -> Any:
+def parse_yaml(text: str, source: str) -> Any:
     """Parse one YAML document; any failure becomes a RecipeError naming ``source``."""
     loader = None
     try:
@@ -75,12 +85,12 @@ def _parse_yaml(text: str, source: str) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = " ".join(str(e.problem or e.context or "syntax error").split())
         what = "refused YAML" if problem.startswith("more than") else "malformed YAML"
-        _fail(source, "", f"{what}{where}: {problem}", _yaml_fix(problem))
+        _fail(source, f"{what}{where}: {problem}", _yaml_fix(problem))
     except RecursionError:
-        _fail(source, "", "YAML nested too deeply", f"keep nesting under {MAX_DEPTH} levels")
+        _fail(source, "YAML nested too deeply", f"keep nesting under {MAX_DEPTH} levels")
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:
         problem = " ".join(str(e).split())
-        _fail(source, "", f"malformed YAML: {problem}", "fix the value it names")
+        _fail(source, f"malformed YAML: {problem}", "fix the value it names")
     finally:
         if loader is not None:
             loader.dispose()
@@ -109,38 +119,38 @@ def _check_size(data: Any, source: str) -> None:
         budget -= 1
         if budget < 0 or depth > MAX_DEPTH:
             what = f"over {MAX_NODES} values" if budget < 0 else f"over {MAX_DEPTH} levels deep"
-            _fail(source, "", f"YAML expands to {what}", "write a plain recipe without anchors")
+            _fail(source, f"YAML expands to {what}", "write a plain recipe without anchors")
         if isinstance(value, dict):
             stack.extend((v, depth + 1) for v in value.values())
         elif isinstance(value, list):
             stack.extend((v, depth + 1) for v in value)
 
 
-def _read_yaml_file(path: Path) -> Any:
+def read_yaml_file(path: Path) -> Any:
     source = str(path)
     try:
         if not path.exists():
             siblings = [p.name for p in path.parent.glob("*.y*ml")] if path.parent.is_dir() else []
             hint = did_you_mean(path.name, siblings).strip()
-            _fail(source, "", "recipe file not found", hint or "check the path")
+            _fail(source, "recipe file not found", hint or "check the path")
         if not path.is_file():
-            _fail(source, "", "not a regular file", "give the path of a .yaml recipe file")
+            _fail(source, "not a regular file", "give the path of a .yaml recipe file")
         if path.stat().st_size > MAX_FILE_BYTES:
             size = path.stat().st_size
-            _fail(source, "", f"file is {size} bytes, over the 1 MiB limit", "use a small recipe")
+            _fail(source, f"file is {size} bytes, over the 1 MiB limit", "use a small recipe")
         with path.open("rb") as f:
             raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
-        _fail(source, "", f"cannot read file ({e.strerror or e})", "check that it is readable")
+        _fail(source, f"cannot read file ({e.strerror or e})", "check that it is readable")
     if len(raw) > MAX_FILE_BYTES:
-        _fail(source, "", "file is over the 1 MiB limit", "use a small recipe")
+        _fail(source, "file is over the 1 MiB limit", "use a small recipe")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        _fail(source, "", f"not UTF-8 text (byte {e.start})", "save the recipe as UTF-8")
-    data = _parse_yaml(text, source)
+        _fail(source, f"not UTF-8 text (byte {e.start})", "save the recipe as UTF-8")
+    data = parse_yaml(text, source)
     if data is None:
-        _fail(source, "", "file is empty", "write a mapping such as `name: x` and `model: {...}`")
+        _fail(source, "file is empty", "write a mapping such as `name: x` and `model: {...}`")
     if not isinstance(data, dict):
-        _fail(source, "", f"top level is {_kind(data)}, not a mapping", "write `key: value` lines")
+        _fail(source, f"top level is {kind(data)}, not a mapping", "write `key: value` lines")
     return data

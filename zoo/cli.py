@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from zoo import __version__
+from zoo._version import __version__
 from zoo.errors import ZooError
 
 
@@ -29,6 +29,16 @@ class _ZooGroup(click.Group):
                 raise
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except OSError as e:
+            # A path the user gave that cannot be written or read (its parent is a file, it
+            # is under /proc, read-only, too long): one line, like a ZooError.
+            if ctx.meta.get("zoo.debug") or e.filename is None:
+                raise
+            click.echo(
+                f"error: {e.filename}: {e.strerror or e}; check the path and its permissions",
+                err=True,
+            )
+            ctx.exit(1)
 
 
 @click.group(cls=_ZooGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,6 +65,30 @@ def main() -> None:
     cli(prog_name="zoo")
 
 
+def _import_option(command: Any) -> Any:
+    """``--import FILE_OR_MODULE`` (repeatable) on a command: import files or modules whose
+    ``@zoo.register_model`` builders the command needs (a model registered in a script)
+    before it runs. What was imported is in ``ctx.meta["zoo.imports"]``."""
+
+    def callback(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> None:
+        if values:
+            from zoo.models.scripts import import_all
+
+            ctx.meta["zoo.imports"] = import_all(values)
+
+    return click.option(
+        "--import",
+        "imports",
+        multiple=True,
+        metavar="FILE_OR_MODULE",
+        expose_value=False,
+        is_eager=True,
+        callback=callback,
+        help="Import this .py file or module first, for models it registers (repeatable); "
+        "a run records it.",
+    )(command)
+
+
 # -- registry ------------------------------------------------------------------------------
 
 
@@ -72,7 +106,7 @@ def models_cmd(
     timm architectures from the zoo-timm plugin appear as 'timm/<name>'; they are listed only
     when the pattern asks for them (e.g. 'timm/*' or 'timm/resnet*').
     """
-    from zoo.registry import list_models, model_info
+    from zoo.weights.factory import list_models, model_info
 
     names = list_models(pattern, pretrained=pretrained, plugin=plugin)
     rows: list[dict[str, Any]] = []
@@ -98,7 +132,7 @@ def models_cmd(
 
 
 def _tag_source(model: str, tag: str) -> str:
-    from zoo import store
+    from zoo.weights import store
 
     try:
         return store.tag_source(model, tag)
@@ -111,7 +145,7 @@ def _tag_source(model: str, tag: str) -> str:
 @click.option("--plugin", default=None, help="Distribution to take NAME from when ambiguous.")
 def info_cmd(name: str, plugin: str | None) -> None:
     """Show a model's metadata, default arguments and parameter count."""
-    from zoo.registry import model_info
+    from zoo.weights.factory import model_info
 
     info = model_info(name, plugin=plugin, params=True)
     click.echo(json.dumps(info, indent=2, default=str))
@@ -124,7 +158,7 @@ def plugins_cmd(as_json: bool) -> None:
     models, and the error if it failed to load."""
     from dataclasses import asdict
 
-    from zoo.plugins import autoload_disabled, load_plugins
+    from zoo.models.plugins import autoload_disabled, load_plugins
 
     plugins = load_plugins()
     if as_json:
@@ -149,6 +183,7 @@ def plugins_cmd(as_json: bool) -> None:
 @click.option("--plugin", default=None, help="Only models provided by this distribution.")
 @click.option("--device", default="cpu", show_default=True, help="Device to run checks on.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report per model.")
+@_import_option
 @click.pass_context
 def check_cmd(
     ctx: click.Context, pattern: str, plugin: str | None, device: str, as_json: bool
@@ -156,7 +191,7 @@ def check_cmd(
     """Run the conformance kit on every model matching PATTERN (a name or fnmatch pattern,
     e.g. 'mlpmixer_*'); exit 1 when any check fails."""
     from zoo.errors import UnknownModelError, did_you_mean
-    from zoo.registry import get_entry, list_models
+    from zoo.models.registry import get_entry, list_models
     from zoo.testing import check_model
 
     names = list_models(pattern, plugin=plugin)
@@ -219,6 +254,13 @@ def check_cmd(
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
 @click.option(
+    "--recipes-root",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Folder every `extends:` file must lie in (default: the first of the recipe's "
+    "folder and its parents named recipes/ or holding .git, else the recipe's folder).",
+)
+@click.option(
     "--limit-train-batches",
     type=int,
     default=None,
@@ -238,6 +280,7 @@ def check_cmd(
     help="Train in N processes on this machine (DistributedDataParallel; one per GPU, or "
     "gloo on CPU) by re-running this command under `torchrun --standalone`.",
 )
+@_import_option
 def train_cmd(
     recipe: str | None,
     overrides: tuple[str, ...],
@@ -247,6 +290,7 @@ def train_cmd(
     dry_run: bool,
     shard: str | None,
     force: bool,
+    recipes_root: str | None,
     limit_train_batches: int | None,
     tensorboard: bool,
     nproc: int | None,
@@ -259,11 +303,13 @@ def train_cmd(
     zoo train --resume runs/quickstart/20260101-120000
     zoo train recipes/resnet18_best.yaml --nproc 4   # 4 processes (torchrun), e.g. 4 GPUs
     """
+    import dataclasses
     import sys
     from pathlib import Path
 
-    from zoo import distributed, launch, progress
     from zoo.recipe import load_recipe, parse_shard
+    from zoo.training import distributed, launch, progress
+    from zoo.training.loop import RunOptions
 
     if recipe is None and resume is None:
         raise click.UsageError("give a RECIPE file, or --resume RUN_DIR to continue a run")
@@ -282,22 +328,26 @@ def train_cmd(
     source = recipe
     if source is None and resume is not None and (sets or dry_run):
         source = str(Path(resume) / "recipe.yaml")
-    loaded = load_recipe(source, sets) if source else None
+    loaded = load_recipe(source, sets, root=recipes_root) if source else None
+    imported = click.get_current_context().meta.get("zoo.imports", [])
+    if loaded is not None and imported:  # --import: recorded with the recipe's own imports
+        both = tuple(dict.fromkeys([*loaded.imports, *imported]))
+        loaded = dataclasses.replace(loaded, imports=both)
     slice_ = parse_shard(shard) if shard else None
     if dry_run:
         assert loaded is not None
         world = nproc or place.world_size
-        _echo_plan(launch.plan(loaded, out, device=device, shard=slice_, world_size=world))
+        target = out if out is not None else resume  # a resumed run or sweep plans in place
+        _echo_plan(launch.plan(loaded, target, device=device, shard=slice_, world_size=world))
         return
+    options = RunOptions(out_dir=out, resume=resume, device=device, force=force, shard=slice_)
     if not place.is_main:  # rank 0 reports for the whole job
-        launch.run_recipe(
-            loaded, out, resume=resume, device=device, force=force, progress=[], shard=slice_
-        )
+        launch.run_recipe(loaded, dataclasses.replace(options, progress=[]))
         distributed.cleanup()
         return
-    for name in ("zoo.train", "zoo.sweep"):  # progress lines are INFO records
-        if logging.getLogger(name).getEffectiveLevel() > logging.INFO:
-            logging.getLogger(name).setLevel(logging.INFO)
+    trainer_log = logging.getLogger("zoo.training")  # progress lines are INFO records
+    if trainer_log.getEffectiveLevel() > logging.INFO:
+        trainer_log.setLevel(logging.INFO)
     reporters: list[Any] = [
         progress.TqdmProgress() if sys.stderr.isatty() else progress.LogProgress()
     ]
@@ -310,9 +360,7 @@ def train_cmd(
                 "metrics go to metrics.jsonl only",
                 err=True,
             )
-    path = launch.run_recipe(
-        loaded, out, resume=resume, device=device, force=force, progress=reporters, shard=slice_
-    )
+    path = launch.run_recipe(loaded, dataclasses.replace(options, progress=reporters))
     distributed.cleanup()
     _echo_outcome(path)
 
@@ -323,7 +371,7 @@ def _launch_torchrun(nproc: int, place: Any) -> None:
     import os
     import sys
 
-    from zoo.distributed import torchrun_command
+    from zoo.training.distributed import torchrun_command
 
     if place.enabled:
         raise click.UsageError(
@@ -360,16 +408,19 @@ def _echo_plan(plan: dict[str, Any]) -> None:
 
 
 def _echo_outcome(path: Any) -> None:
-    index = path / "sweep.json"
+    from zoo.runs import files
+
+    index = path / files.SWEEP_INDEX_NAME
     if index.is_file():
-        points = json.loads(index.read_text(encoding="utf-8"))["points"]
+        points = (files.read_json(index) or {})["points"]
         click.echo(f"sweep directory: {path} (index: {index})")
         for p in points:
             acc = f"  test acc {p['summary']['test_acc']:.4f}" if p["summary"] else ""
             click.echo(f"  {p['name']}: {p['status']}{acc}")
         return
-    summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
-    click.echo(f"test accuracy: {summary['test_acc']:.4f} (final weights)")
+    summary = files.read_json(path / files.SUMMARY_NAME)
+    weights = summary.get("test_weights") or "final"
+    click.echo(f"test accuracy: {summary['test_acc']:.4f} ({weights} weights)")
     click.echo(f"run directory: {path}")
     click.echo(f"weights:       {path / 'model.safetensors'} (+ config.json)")
     curves = path / "curves.png"
@@ -395,7 +446,7 @@ def sweep_status_cmd(directory: str, as_json: bool) -> None:
     killed: see how long ago it last wrote). Restart killed or missing points with
     `zoo train --resume DIRECTORY [--shard I/N]`.
     """
-    from zoo.sweep import STATUSES, sweep_status
+    from zoo.training.sweep import STATUSES, sweep_status
 
     rows = sweep_status(directory)
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
@@ -455,6 +506,7 @@ def _age(seconds: float | None) -> str:
     help="json = JSON lines, one record per line, each with its env.",
 )
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write to FILE.")
+@_import_option
 def bench_cmd(
     models: tuple[str, ...],
     batch_sizes: tuple[int, ...],
@@ -471,10 +523,11 @@ def bench_cmd(
     fmt: str,
     out: str | None,
 ) -> None:
-    """Measure params, FLOPs, throughput, latency and peak memory of MODELS (names,
-    fnmatch patterns such as 'mlpmixer_p*', or run directories)."""
+    """Measure params, FLOPs, throughput, latency, peak memory and MFU (achieved FLOP/s over
+    the device's matmul peak) of MODELS (names, fnmatch patterns such as 'mlpmixer_p*', or
+    run directories)."""
     from zoo._io import atomic_write_text
-    from zoo.bench import MODES, format_records, run_bench
+    from zoo.analysis.bench import MODES, format_records, run_bench
 
     records = run_bench(
         models,
@@ -503,7 +556,7 @@ def bench_cmd(
 def plot_cmd(sources: tuple[str, ...], out: str | None) -> None:
     """Draw curves of runs (curves.png) and overlays + tables of sweeps (sweep.png,
     sweep.md), next to each source unless --out DIR is given."""
-    from zoo.report import write_plots
+    from zoo.analysis.report import write_plots
 
     for path in write_plots(sources, out):
         click.echo(str(path))
@@ -517,7 +570,7 @@ def plot_cmd(sources: tuple[str, ...], out: str | None) -> None:
 def viz_cmd(source: str, out: str | None, img_size: int | None, in_chans: int | None) -> None:
     """Draw the first layer of a run's trained model, or of a freshly initialised model
     name: ResNet first-conv kernels or Mixer first token-mixing units, in a grid."""
-    from zoo.viz import save_first_layer
+    from zoo.analysis.viz import save_first_layer
 
     click.echo(str(save_first_layer(source, out, img_size=img_size, in_chans=in_chans)))
 
@@ -539,10 +592,162 @@ def report_cmd(
 ) -> None:
     """Write OUT/report.md with figures from runs and sweeps: sweep overlays and tables,
     run curves, first layers, Mixer patch-size time table and a leaderboard."""
-    from zoo.report import build_report
+    from zoo.analysis.report import build_report
 
     path = build_report(sources, out, bench=not no_bench, bench_time=bench_time, device=device)
     click.echo(str(path))
+
+
+# -- using a trained model -------------------------------------------------------------------
+
+
+@cli.command("eval")
+@click.argument("source")
+@click.option(
+    "--dataset",
+    default=None,
+    help="cifar10, fashion_mnist, synthetic or imagefolder (default: the weights' own).",
+)
+@click.option(
+    "--root", default=None, help="Dataset root or image folder (default: the run's, $ZOO_DATA)."
+)
+@click.option(
+    "--split",
+    type=click.Choice(["test", "valid", "train"]),
+    default="test",
+    show_default=True,
+    help="valid and train are the trainer's seeded split of the official training set.",
+)
+@click.option(
+    "--batch-size", type=int, default=None, help="Default: the run's evaluation batch size."
+)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, mps, auto.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json adds the confusion matrix and the calibration bins.",
+)
+@click.option(
+    "--out",
+    metavar="DIR",
+    default=None,
+    help="Also write metrics.json, confusion_matrix.png and reliability.png into DIR.",
+)
+@_import_option
+def eval_cmd(
+    source: str,
+    dataset: str | None,
+    root: str | None,
+    split: str,
+    batch_size: int | None,
+    device: str,
+    fmt: str,
+    out: str | None,
+) -> None:
+    """Score SOURCE (a run or export directory, NAME.TAG or hf-hub:ORG/NAME) on a dataset
+    split: top-1, top-5, loss, per-class accuracy and calibration (ECE), as timm's
+    validate.py. A run scores exactly as the trainer's test evaluation did."""
+    from zoo.analysis.evaluate import EvalOptions, evaluate_source, write_outputs
+
+    options = EvalOptions(
+        dataset=dataset, root=root, split=split, batch_size=batch_size, device=device
+    )
+    result = evaluate_source(source, options)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    written = write_outputs(result, out) if out is not None else []
+    click.echo(json.dumps(result.to_dict(), indent=2) if fmt == "json" else result.table())
+    for path in written:
+        click.echo(f"wrote {path}", err=True)
+
+
+# -- using a trained model: predict ------------------------------------------------------
+
+
+@cli.command("predict")
+@click.argument("source")
+@click.argument("paths", nargs=-1, required=True)
+@click.option(
+    "--topk",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Classes to show per image [5, or all when the model has fewer].",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help='json: [{"path", "top": [{"label", "index", "prob"}]}]; csv: one row per class.',
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False), default=None, help="Write to FILE (atomically)."
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images/batch."
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N, mps.")
+@click.option(
+    "--num-workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="DataLoader processes decoding images [up to 4, leaving a CPU to the model; 0: "
+    "decode in this process]. On CPU the model gets the CPUs the workers leave.",
+)
+@_import_option
+@click.pass_context
+def predict_cmd(
+    ctx: click.Context,
+    source: str,
+    paths: tuple[str, ...],
+    topk: int | None,
+    fmt: str,
+    out: str | None,
+    batch_size: int,
+    device: str,
+    num_workers: int | None,
+) -> None:
+    """Classify images with the model at SOURCE (a run or export directory, NAME.TAG or
+    hf-hub:ORG/NAME) and print the top classes of each. PATHS are image files, folders
+    (searched recursively) or glob patterns. Files that cannot be read are named, skipped
+    and listed at the end; the exit status is then 1.
+
+    \b
+    zoo predict runs/quickstart/20260101-120000 shoe.png photos/ --topk 3
+    zoo predict mlpmixer_p4.cifar10_best 'photos/*.jpg' --format json --out preds.json
+    """
+    import sys
+
+    from zoo._io import atomic_write_text
+    from zoo.analysis.predict import PredictOptions, format_result, predict
+
+    options = PredictOptions(
+        topk=topk,
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        progress=sys.stderr.isatty(),
+    )
+    result = predict(
+        source,
+        paths,
+        options,
+        on_skip=lambda s: click.echo(f"skipped {s.path}: {s.reason}", err=True),
+    )
+    text = format_result(result, fmt)
+    if out:
+        atomic_write_text(out, text)
+        click.echo(f"wrote {len(result.predictions)} predictions to {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+    if result.skipped:
+        names = ", ".join(s.path for s in result.skipped)
+        click.echo(f"{len(result.skipped)} file(s) skipped: {names}", err=True)
+        ctx.exit(1)
 
 
 # -- publishing: export, Hub, local weights store -------------------------------------------
@@ -550,14 +755,45 @@ def report_cmd(
 
 @cli.command("export")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", default=None, help="Export directory (default: RUN/export).")
+@click.option(
+    "--format",
+    "fmt",
+    # zoo.weights.deploy.FORMATS, spelled out so that `zoo --help` does not import it
+    type=click.Choice(["safetensors", "onnx", "torchscript", "exported-program"]),
+    default="safetensors",
+    show_default=True,
+    help="safetensors: the publishable files. onnx (needs pip install 'zoo-classifiers[onnx]'), "
+    "torchscript, exported-program: config.json and model.onnx / model.torchscript.pt / "
+    "model.pt2, checked against PyTorch.",
+)
+@click.option(
+    "--dynamic-batch",
+    is_flag=True,
+    help="onnx, torchscript, exported-program: accept any batch size (default: batch 1).",
+)
+@click.option(
+    "--out", default=None, help="Export directory (default: RUN/export, or RUN/export-FORMAT)."
+)
 @click.option("--force", is_flag=True, help="Replace an existing export directory.")
-def export_cmd(run: str, out: str | None, force: bool) -> None:
-    """Write the publishable files of RUN: model.safetensors, config.json, model card
-    README.md, recipe.yaml, metrics.jsonl, summary.json and curves.png."""
-    from zoo.export import export_run
+def export_cmd(run: str, fmt: str, dynamic_batch: bool, out: str | None, force: bool) -> None:
+    """Write the publishable files of RUN (a run or export directory): model.safetensors,
+    config.json, model card README.md, recipe.yaml, metrics.jsonl, summary.json and
+    curves.png. With --format onnx, torchscript or exported-program, write config.json and
+    the model for deployment instead, after checking it against the PyTorch model."""
+    if fmt == "safetensors":
+        if dynamic_batch:
+            raise click.UsageError(
+                "--dynamic-batch needs --format onnx, torchscript or exported-program"
+            )
+        from zoo.weights.files import export_run
 
-    click.echo(str(export_run(run, out, force=force)))
+        click.echo(str(export_run(run, out, force=force)))
+        return
+    from zoo.weights.deploy import export_deployment
+
+    result = export_deployment(run, fmt, out, dynamic_batch=dynamic_batch, force=force)
+    click.echo(str(result.path))
+    click.echo(result.summary(), err=True)
 
 
 @cli.command("push")
@@ -573,7 +809,7 @@ def push_cmd(
 
     The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT selects another Hub.
     """
-    from zoo.hub import push
+    from zoo.weights.hub import push
 
     click.echo(
         push(path, repo_id, private=private, revision=revision, commit_message=commit_message)
@@ -585,7 +821,7 @@ def push_cmd(
 @click.option("--revision", default=None, help="Branch, tag or commit sha (default: main).")
 def pull_cmd(repo_id: str, revision: str | None) -> None:
     """Download Hub repo REPO_ID into the Hugging Face cache, verify it, print its path."""
-    from zoo.hub import pull
+    from zoo.weights.hub import pull
 
     click.echo(str(pull(repo_id, revision)))
 
@@ -599,8 +835,8 @@ def pull_cmd(repo_id: str, revision: str | None) -> None:
 def publish_cmd(run: str, tag: str, hub_repo: str | None, private: bool, force: bool) -> None:
     """Store RUN's weights as NAME.TAG in the local weights store ($ZOO_HOME); with --hub,
     push RUN to the Hub and make the tag point at the pushed commit."""
-    from zoo import store
-    from zoo.export import architecture_of, read_config
+    from zoo.weights import store
+    from zoo.weights.files import architecture_of, read_config
 
     path = store.publish(run, None, tag, hub_repo=hub_repo, private=private, force=force)
     click.echo(f"{architecture_of(read_config(run))}.{tag} -> {path}")

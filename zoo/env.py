@@ -64,7 +64,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     """torch and python versions, device, threads, zoo version, git sha and platform."""
     import torch
 
-    from zoo import __version__
+    from zoo._version import __version__
 
     return {
         "torch": torch.__version__,

@@ -57,6 +57,11 @@ class RunError(ZooError):
     """A run directory is missing, incomplete, or would be overwritten."""
 
 
+class ExportError(ZooError):
+    """A deployment export (ONNX, TorchScript, ExportedProgram) cannot be made or does not
+    match the PyTorch model, or the optional packages it needs are not installed."""
+
+
 class TrainingError(ZooError):
     """Training stopped because continuing would be meaningless (e.g. NaN loss)."""
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import zoo
-from zoo import plugins
 from zoo.errors import ModelArgumentError, WeightsError
+from zoo.models import plugins
 from zoo.testing import assert_conforms
 
 
@@ -52,8 +52,8 @@ def test_depthwise_then_pointwise_with_gelu_and_batchnorm() -> None:
 
 
 def test_errors_name_the_problem() -> None:
-    with pytest.raises(ModelArgumentError, match="img_size 30 must be a positive multiple of"):
-        zoo.create("convmixer_256_8", img_size=30, patch_size=4)
+    with pytest.raises(ModelArgumentError, match="img_size 31 must be a positive multiple of"):
+        zoo.create("convmixer_256_8", img_size=31)
     with pytest.raises(ModelArgumentError, match="kernel"):
         zoo.create("convmixer_256_8", kernal_size=3)
     with pytest.raises(WeightsError, match="no built-in pretrained weights"):

@@ -33,7 +33,7 @@ def test_listing_zoo_models_and_importing_the_plugin_do_not_import_timm() -> Non
         """
         import sys
         import zoo, zoo_timm
-        from zoo import plugins
+        from zoo.models import plugins
         assert 'timm' not in sys.modules, 'importing zoo_timm imported timm'
         names = zoo.list_models()
         assert 'mlp_relu' in names and not any(n.startswith('timm/') for n in names)
@@ -58,7 +58,7 @@ def test_create_builds_with_timm_and_records_zoo_cfg() -> None:
         "architecture": "timm/resnet18",
         "args": {"num_classes": 10, "in_chans": 3, "img_size": 224},
         "distribution": "zoo-timm",
-        "version": zoo.registry.get_entry("timm/resnet18").version,
+        "version": zoo.models.registry.get_entry("timm/resnet18").version,
     }
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 10)
@@ -75,7 +75,7 @@ def test_img_size_and_in_chans_map_to_timm_kwargs() -> None:
 
 
 def test_export_rebuilds_the_same_timm_model(tmp_path: Path) -> None:
-    from zoo.export import load_model_dir, save_model_files
+    from zoo.weights.files import load_model_dir, save_model_files
 
     model = zoo.create("timm/test_vit", num_classes=3, img_size=32).eval()
     save_model_files(model, tmp_path, input_size=(3, 32, 32), mean=[0.5] * 3, std=[0.5] * 3)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from zoo.errors import ModelArgumentError, WeightsError
-from zoo.registry import register_namespace
+from zoo.models.registry import register_namespace
 
 if TYPE_CHECKING:
     from torch import nn

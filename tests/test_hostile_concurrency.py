@@ -1,0 +1,188 @@
+"""Hostile catalogue, class 3 (issue 15): concurrent writers. While a process writes a run
+directory it holds ``.zoo-lock`` (pid, host); a second writer -- ``--force``, ``--resume``,
+``export --out`` onto it, a sweep point -- is refused with one line naming the holder, and a
+lock left by a killed process is taken over with a line saying so. The other holder is a
+real second process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hostile_helpers import (
+    assert_refused,
+    assert_unchanged,
+    invoke,
+    snapshot,
+    tiny_recipe,
+    write_recipe,
+)
+from publish_helpers import make_run
+
+from zoo.errors import RunError
+from zoo.runs import lock
+from zoo.runs.files import LOCK_NAME
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from zoo.runs.lock import run_lock
+with run_lock(Path(sys.argv[1]), command="holder-process"):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _hold(directory: Path) -> subprocess.Popen[str]:
+    """A second process (no torch: it starts fast) that holds the lock of ``directory``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(directory)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+@pytest.fixture
+def holder(cwd: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """A finished run in ``run`` whose lock another live process holds."""
+    path = write_recipe(cwd / "r.yaml", tiny_recipe(epochs=1))
+    assert invoke("train", str(path), "--out", "run").exit_code == 0
+    proc = _hold(cwd / "run")
+    try:
+        yield cwd / "run", proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_force_onto_a_locked_run_is_refused_naming_the_holder(
+    cwd: Path, holder: tuple[Path, subprocess.Popen[str]]
+) -> None:
+    run, proc = holder
+    before = snapshot(run)
+    result = invoke("train", str(cwd / "r.yaml"), "--out", "run", "--force")
+    assert_refused(result, "run", f"pid {proc.pid}", socket.gethostname(), "holder-process")
+    assert_unchanged(run, before)
+
+
+def test_resume_of_a_locked_run_is_refused(
+    cwd: Path, holder: tuple[Path, subprocess.Popen[str]]
+) -> None:
+    run, proc = holder
+    before = snapshot(run)
+    assert_refused(invoke("train", "--resume", "run", "--set", "epochs=2"), f"pid {proc.pid}")
+    assert_unchanged(run, before)
+
+
+def test_export_onto_a_locked_directory_is_refused(
+    cwd: Path, holder: tuple[Path, subprocess.Popen[str]]
+) -> None:
+    run, proc = holder
+    other, _ = make_run(cwd / "other")
+    before = snapshot(run)
+    result = invoke("export", str(other), "--out", "run", "--force")
+    assert_refused(result, "export onto", f"pid {proc.pid}")
+    assert_unchanged(run, before)
+
+
+def test_a_sweep_point_being_written_is_refused(cwd: Path) -> None:
+    recipe = tiny_recipe(epochs=1, sweep={"optim.lr": [0.1, 0.01]})
+    path = write_recipe(cwd / "s.yaml", recipe)
+    proc = _hold(cwd / "sweep" / "optim.lr=0.1")
+    try:
+        result = invoke("train", str(path), "--out", "sweep", "--force")
+        assert_refused(result, "optim.lr=0.1", f"pid {proc.pid}")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_stale_lock_of_a_killed_process_is_taken_over(
+    cwd: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_recipe(cwd / "r.yaml", tiny_recipe(epochs=1))
+    proc = _hold(cwd / "run")
+    proc.send_signal(signal.SIGKILL)  # killed: its lock stays behind
+    proc.wait()
+    assert (cwd / "run" / LOCK_NAME).is_file()
+    result = invoke("train", str(path), "--out", "run")
+    assert result.exit_code == 0, result.output
+    assert "stale lock" in caplog.text and f"pid {proc.pid}" in caplog.text
+    assert not (cwd / "run" / LOCK_NAME).exists()  # released after the run
+
+
+def test_a_lock_from_another_host_is_never_taken_over(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    record = {"pid": 1, "host": "elsewhere.example", "started": time.time(), "command": "x"}
+    (tmp_path / "run" / LOCK_NAME).write_text(json.dumps(record))
+    with (
+        pytest.raises(RunError, match=r"elsewhere\.example.*remove .*\.zoo-lock"),
+        lock.run_lock(tmp_path / "run"),
+    ):
+        pass
+
+
+def test_a_lock_being_written_counts_as_held(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / LOCK_NAME).write_text("")
+    with pytest.raises(RunError, match="being written"):
+        lock.check_unlocked(tmp_path / "run")
+
+
+def test_the_lock_is_released_and_an_unused_directory_removed(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b"
+    with lock.run_lock(target):
+        assert (target / LOCK_NAME).is_file()
+        assert lock.holder(target)["pid"] == os.getpid()  # type: ignore[index]
+    assert not (tmp_path / "a").exists()
+    with lock.run_lock(target):
+        (target / "kept.txt").write_text("x")
+    assert (target / "kept.txt").is_file() and not (target / LOCK_NAME).exists()
+
+
+def test_a_failed_run_leaves_no_directory_behind(cwd: Path) -> None:
+    path = write_recipe(cwd / "r.yaml", tiny_recipe(model={"name": "mlp_relu", "args": {}}))
+    recipe = tiny_recipe()
+    recipe["data"]["synthetic"]["train_size"] = 0
+    write_recipe(path, recipe)
+    result = invoke("train", str(path), "--out", "deep/run")
+    assert result.exit_code != 0
+    assert not (cwd / "deep").exists()
+
+
+@pytest.mark.slow
+def test_two_real_trainings_onto_one_directory(cwd: Path) -> None:
+    """Two `zoo train --out SAME --force` at once: exactly one trains, the other is refused
+    with one line, and the directory holds one run's files only."""
+    recipe = tiny_recipe(epochs=30)
+    recipe["data"]["synthetic"]["train_size"] = 4096
+    path = write_recipe(cwd / "r.yaml", recipe)
+    command = [sys.executable, "-m", "zoo", "train", str(path), "--out", "same", "--force"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while not (cwd / "same" / LOCK_NAME).exists():
+        assert time.time() < deadline and first.poll() is None
+        time.sleep(0.2)
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode != 0
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"pid {first.pid}" in errors[0], second.stderr
+    assert first.wait(timeout=600) == 0
+    summary = json.loads((cwd / "same" / "summary.json").read_text())
+    assert summary["epochs"] == 30

@@ -1,0 +1,149 @@
+"""Hostile catalogue, class 5 (issue 15): plugins that misbehave at import. ``SystemExit``
+and any other exception (KeyboardInterrupt aside) become that plugin's recorded failure; what
+a plugin prints stays out of stdout; an import slower than ``ZOO_PLUGIN_TIMEOUT`` is named on
+stderr; a model's source distribution is the one that owns its module, never a plugin that
+merely imported it. Plugins are real throwaway distributions on sys.path (test_plugins.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hostile_helpers import invoke, tiny_recipe, write_recipe
+from test_plugins import FakeSite, by_distribution, rescan
+
+import zoo
+from zoo.models import plugins, registry
+
+
+@pytest.fixture(autouse=True)
+def _discover_first() -> None:
+    plugins.load_plugins()  # before isolated_registry's snapshot (see test_plugins.py)
+
+
+@pytest.fixture
+def site(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_registry: None
+) -> Iterator[FakeSite]:
+    root = tmp_path / "site-packages"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    fake = FakeSite(root)
+    yield fake
+    for module in fake.modules:
+        sys.modules.pop(module, None)
+    plugins._reset()
+
+
+@pytest.mark.parametrize("code", ["import sys\nsys.exit(0)\n", "raise SystemExit(3)\n"])
+def test_sys_exit_at_import_is_the_plugins_failure(site: FakeSite, code: str) -> None:
+    site.add("zoo-fake-exit", "1.0", source=code)
+    site.add("zoo-fake-fine", "1.0", model="fakefine_exit")
+    infos = rescan()
+    failed = by_distribution(infos, "zoo-fake-exit")
+    assert failed.error is not None and failed.error.startswith("SystemExit")
+    assert by_distribution(infos, "zoo-fake-fine").models == ["fakefine_exit"]
+
+
+def test_train_still_trains_when_a_plugin_exits(
+    site: FakeSite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site.add("zoo-fake-exit", "1.0", source="import sys\nsys.exit(0)\n")
+    rescan()
+    plugins._reset()
+    monkeypatch.chdir(tmp_path)
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(epochs=1))
+    result = invoke("train", str(path), "--out", "run")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_any_base_exception_is_recorded(site: FakeSite) -> None:
+    site.add("zoo-fake-base", "1.0", source="class Odd(BaseException):\n    pass\nraise Odd('x')\n")
+    info = by_distribution(rescan(), "zoo-fake-base")
+    assert info.error is not None and info.error.startswith("Odd: x")
+
+
+def test_keyboard_interrupt_at_import_still_stops_zoo(site: FakeSite) -> None:
+    site.add("zoo-fake-ctrl-c", "1.0", source="raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        rescan()
+
+
+def test_plugin_prints_do_not_corrupt_machine_readable_output(
+    site: FakeSite, caplog: pytest.LogCaptureFixture
+) -> None:
+    code = "print('HELLO FROM PLUGIN')\n" + _good("fakeprint_tiny")
+    site.add("zoo-fake-print", "1.0", source=code)
+    plugins._reset()
+    with caplog.at_level(logging.INFO, logger="zoo.models.plugins"):
+        result = invoke("models", "--json")
+    assert result.exit_code == 0, result.output
+    names = [row["name"] for row in json.loads(result.stdout)]
+    assert "fakeprint_tiny" in names
+    assert "HELLO FROM PLUGIN" in caplog.text
+    plugins._reset()
+    listed = invoke("plugins", "--json")
+    assert listed.exit_code == 0
+    json.loads(listed.stdout)
+
+
+def test_slow_plugin_import_is_named_by_the_watchdog(
+    site: FakeSite, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(plugins.TIMEOUT_ENV, "0.2")
+    site.add("zoo-fake-slow", "1.0", source="import time\ntime.sleep(1.0)\n")
+    with caplog.at_level(logging.WARNING, logger="zoo.models.plugins"):
+        infos = rescan()
+    assert by_distribution(infos, "zoo-fake-slow").error is None
+    assert "zoo-fake-slow" in caplog.text and "still importing" in caplog.text
+    assert plugins.DISABLE_ENV in caplog.text
+
+
+def test_fast_plugins_do_not_trigger_the_watchdog(
+    site: FakeSite, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(plugins.TIMEOUT_ENV, "5")
+    site.add("zoo-fake-quick", "1.0", model="fakequick_tiny")
+    with caplog.at_level(logging.WARNING, logger="zoo.models.plugins"):
+        rescan()
+    assert "still importing" not in caplog.text
+
+
+@pytest.mark.parametrize("value, expected", [("", 30.0), ("abc", 30.0), ("-1", 30.0), ("2", 2.0)])
+def test_plugin_timeout_setting(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: float
+) -> None:
+    monkeypatch.setenv(plugins.TIMEOUT_ENV, value)
+    assert plugins.plugin_timeout() == expected
+
+
+def test_a_plugin_importing_builtins_does_not_become_their_source(
+    site: FakeSite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Make zoo.models.mlp import afresh inside the plugin, as when the plugin loads first.
+    original = sys.modules["zoo.models.mlp"]
+    for name in [n for n in registry._REGISTRY if n.startswith("mlp_")]:
+        del registry._REGISTRY[name]
+    monkeypatch.delitem(sys.modules, "zoo.models.mlp")
+    try:
+        code = "import zoo.models.mlp\n" + _good("fakehijack_tiny")
+        site.add("zoo-fake-hijack", "1.0", source=code)
+        info = by_distribution(rescan(), "zoo-fake-hijack")
+        assert info.models == ["fakehijack_tiny"]
+        entry = registry.get_entry("mlp_relu")
+        assert entry.distribution == registry.BUILTIN_DISTRIBUTION
+        assert zoo.create("mlp_relu").zoo_cfg["distribution"] == registry.BUILTIN_DISTRIBUTION
+        assert zoo.create("fakehijack_tiny").zoo_cfg["distribution"] == "zoo-fake-hijack"
+    finally:
+        sys.modules["zoo.models.mlp"] = original
+
+
+def _good(model: str) -> str:
+    from test_plugins import GOOD_MODULE
+
+    return GOOD_MODULE.format(model=model)

@@ -1,0 +1,199 @@
+"""Hostile catalogue, class 6 (issue 15): resume tells the truth. Damaged metrics are refused
+with their line number; fewer ``epochs`` than done, and ``--out`` with ``--resume``, are
+refused; Ctrl-C or SIGTERM at any phase ends in one line with the command that continues, and
+that command redoes what was interrupted; a run killed before its first checkpoint starts
+over from its own recipe; an empty validation split writes standard JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hostile_helpers import (
+    assert_refused,
+    assert_unchanged,
+    invoke,
+    snapshot,
+    tiny_recipe,
+    write_recipe,
+)
+from safetensors.torch import load_file
+
+
+@pytest.fixture
+def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def finished(cwd: Path) -> Path:
+    """A finished 2-epoch run in ``run``."""
+    path = write_recipe(cwd / "r.yaml", tiny_recipe(epochs=2))
+    result = invoke("train", str(path), "--out", "run")
+    assert result.exit_code == 0, result.output
+    return cwd / "run"
+
+
+def _strict_json(text: str) -> Any:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"bare {constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    "damage", ['{"epoch": 1, "train_loss": \n', "not json at all\n"], ids=["truncated", "garbage"]
+)
+def test_damaged_metrics_line_is_refused_by_resume(finished: Path, damage: str) -> None:
+    lines = (finished / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (finished / "metrics.jsonl").write_text(lines[0] + damage)
+    before = snapshot(finished)
+    result = invoke("train", "--resume", "run", "--set", "epochs=3")
+    assert_refused(result, "metrics.jsonl line 2")
+    assert_unchanged(finished, before)
+
+
+def test_fewer_epochs_than_done_is_refused(finished: Path) -> None:
+    before = snapshot(finished)
+    assert_refused(invoke("train", "--resume", "run", "--set", "epochs=1"), "epochs=1", "2 epochs")
+    assert_unchanged(finished, before)
+    assert json.loads((finished / "summary.json").read_text())["epochs"] == 2
+
+
+def test_out_with_resume_is_refused(finished: Path, cwd: Path) -> None:
+    before = snapshot(finished)
+    result = invoke("train", "--resume", "run", "--out", "other", "--set", "epochs=3")
+    assert_refused(result, "--out", "--resume")
+    assert not (cwd / "other").exists()
+    assert_unchanged(finished, before)
+
+
+def test_resume_before_the_first_checkpoint_starts_over(
+    finished: Path, cwd: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reference = load_file(finished / "model.safetensors")
+    # what SIGKILL right after the first metrics line leaves: recipe, one metrics line
+    first = (finished / "metrics.jsonl").read_text().splitlines(keepends=True)[0]
+    for name in ("checkpoints", "summary.json", "model.safetensors", "config.json"):
+        path = finished / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    for extra in finished.glob("*.png"):
+        extra.unlink()
+    (finished / "metrics.jsonl").write_text(first)
+    with caplog.at_level(logging.WARNING):
+        result = invoke("train", "--resume", "run")
+    assert result.exit_code == 0, result.output
+    assert "starting it over from its recorded recipe" in caplog.text
+    weights = load_file(finished / "model.safetensors")
+    for key, value in reference.items():  # the weights of an uninterrupted run
+        torch.testing.assert_close(weights[key], value)
+    assert len((finished / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_ctrl_c_during_the_test_evaluation_says_how_to_continue(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zoo.training import loop
+
+    real = loop._finish
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_finish", interrupted)
+    path = write_recipe(cwd / "r.yaml", tiny_recipe(epochs=1))
+    line = assert_refused(invoke("train", str(path), "--out", "run"), "zoo train --resume run")
+    assert "Aborted" not in line
+    assert not (cwd / "run" / "summary.json").exists()
+    monkeypatch.setattr(loop, "_finish", real)
+    result = invoke("train", "--resume", "run")  # redoes the finishing step
+    assert result.exit_code == 0, result.output
+    assert (cwd / "run" / "summary.json").is_file() and (cwd / "run" / "README.md").is_file()
+
+
+def test_sigterm_during_training_checkpoints_and_says_how_to_continue(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zoo.training import loop
+
+    real = loop.train_epoch
+
+    def killed_in_epoch_2(run: Any, epoch: int, progress: Any) -> Any:
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(run, epoch, progress)
+
+    monkeypatch.setattr(loop, "train_epoch", killed_in_epoch_2)
+    path = write_recipe(cwd / "r.yaml", tiny_recipe(epochs=3))
+    result = invoke("train", str(path), "--out", "run")
+    assert_refused(result, "epoch 1 is checkpointed", "zoo train --resume run")
+    assert signal.getsignal(signal.SIGTERM) is not signal.default_int_handler  # restored
+    monkeypatch.setattr(loop, "train_epoch", real)
+    result = invoke("train", "--resume", "run")
+    assert result.exit_code == 0, result.output
+    assert json.loads((cwd / "run" / "summary.json").read_text())["epochs"] == 3
+
+
+def test_interrupted_sweep_point_finishing_is_redone(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zoo.training import rundir, sweep
+
+    real = rundir.after_run
+    calls: list[Path] = []
+
+    def interrupted(run_dir: Path, recipe: Any) -> None:
+        calls.append(run_dir)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rundir, "after_run", interrupted)
+    monkeypatch.setattr("zoo.training.loop.after_run", interrupted)
+    path = write_recipe(cwd / "s.yaml", tiny_recipe(epochs=1, sweep={"optim.lr": [0.1, 0.01]}))
+    assert_refused(invoke("train", str(path), "--out", "sw"), "zoo train --resume sw")
+    point = calls[0]
+    assert (point / "summary.json").is_file() and not (point / "README.md").exists()
+    monkeypatch.setattr("zoo.training.loop.after_run", real)
+    monkeypatch.setattr(sweep, "after_run", real)
+    result = invoke("train", "--resume", "sw")
+    assert result.exit_code == 0, result.output
+    assert (point / "README.md").is_file()
+
+
+def test_empty_validation_split_writes_standard_json(cwd: Path) -> None:
+    recipe = tiny_recipe(epochs=1)
+    recipe["data"]["synthetic"]["valid_size"] = 0
+    path = write_recipe(cwd / "r.yaml", recipe)
+    result = invoke("train", str(path), "--out", "run")
+    assert result.exit_code == 0, result.output
+    for line in (cwd / "run" / "metrics.jsonl").read_text().splitlines():
+        assert _strict_json(line)["valid_acc"] is None
+    summary = _strict_json((cwd / "run" / "summary.json").read_text())
+    assert summary["best_valid_acc"] is None
+    card = (cwd / "run" / "README.md").read_text()
+    assert "-100.00" not in card and "nan %" not in card.lower() and "NaN" not in card
+
+
+def test_edited_run_recipe_is_detected(finished: Path) -> None:
+    path = finished / "recipe.yaml"
+    path.write_text(path.read_text().replace("lr: 0.01", "lr: 0.5"))
+    before = snapshot(finished)
+    result = invoke("train", "--resume", "run", "--set", "epochs=3")
+    assert_refused(result, "recipe.yaml", "edited")
+    assert_unchanged(finished, before)
+
+
+def test_resumed_recipe_is_recorded_honestly(finished: Path) -> None:
+    result = invoke("train", "--resume", "run", "--set", "epochs=3")
+    assert result.exit_code == 0, result.output
+    assert "epochs: 3" in (finished / "recipe.yaml").read_text()
+    assert "epochs: 3" in (finished / "README.md").read_text()
+    again = invoke("train", "--resume", "run")  # no false alarm after an honest change
+    assert again.exit_code == 0, again.output

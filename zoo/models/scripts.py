@@ -1,0 +1,96 @@
+"""Models registered in a script: ``zoo train RECIPE --import my_models.py``.
+
+A plain Python file (or an importable module) whose ``@zoo.register_model`` builders should
+be trainable without packaging them as a plugin. :func:`import_source` imports it once per
+process under a stable module name derived from the file's absolute path, so builders keep
+the same ``__module__`` in every process, and attributes its models to the file (as their
+``distribution``), so a run trained from it records where its architecture came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import re
+import sys
+import types
+from collections.abc import Iterable
+from pathlib import Path
+
+from zoo.errors import PluginError
+from zoo.models import registry
+
+__all__ = ["import_all", "import_source", "is_script"]
+
+_MODULE_PREFIX = "zoo_scripts"
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_imported: dict[str, str] = {}  # what was asked -> what is recorded (path or module name)
+
+
+def is_script(spec: str) -> bool:
+    """Whether ``spec`` names a file (``.py``, or any path with a separator) rather than an
+    importable module."""
+    return spec.endswith(".py") or "/" in spec or "\\" in spec
+
+
+def _module_name(path: Path) -> str:
+    stem = re.sub(r"\W", "_", path.stem) or "script"
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:10]
+    return f"{_MODULE_PREFIX}.{stem}_{digest}"
+
+
+def import_source(spec: str, base: str | Path | None = None) -> str:
+    """Import the file or module ``spec`` (once per process) and return what a run records:
+    the file's absolute path, or the module name. A relative path is looked up from the
+    current directory, then from ``base`` (the recipe's directory)."""
+    if spec in _imported:
+        return _imported[spec]
+    if not is_script(spec):
+        if not _MODULE_NAME.match(spec):
+            raise PluginError(f"--import {spec!r} is neither a .py file nor a module name")
+        try:
+            importlib.import_module(spec)
+        except ImportError as e:
+            raise PluginError(
+                f"--import {spec}: cannot import module ({e}); give a file path such as "
+                "./my_models.py or install the package"
+            ) from None
+        _imported[spec] = spec
+        return spec
+    path = Path(spec).expanduser()
+    if not path.is_file() and base is not None and not path.is_absolute():
+        path = Path(base) / path
+    if not path.is_file():
+        raise PluginError(f"--import {spec}: no such file; give the path of a .py file")
+    path = path.resolve()
+    name = _module_name(path)
+    if name not in sys.modules:
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise PluginError(f"--import {spec}: {path} cannot be imported as Python")
+        sys.modules.setdefault(_MODULE_PREFIX, _namespace())
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            with registry.registering_as(str(path), ""):
+                module_spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[name]
+            registry.forget(str(path), name)
+            raise PluginError(
+                f"--import {spec}: {path} failed to import ({type(e).__name__}: {e})"
+            ) from e
+    _imported[spec] = str(path)
+    return str(path)
+
+
+def _namespace() -> types.ModuleType:
+    package = types.ModuleType(_MODULE_PREFIX)
+    package.__path__ = []
+    return package
+
+
+def import_all(specs: Iterable[str], base: str | Path | None = None) -> list[str]:
+    """:func:`import_source` for each of ``specs``; the recorded forms, in order."""
+    return [import_source(spec, base) for spec in specs]
