@@ -14,40 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from click.testing import CliRunner, Result
+from hostile_helpers import tiny_recipe, write_recipe
 from publish_helpers import make_run
 
 from zoo.cli import cli
 from zoo.models import plugins
-
-SYNTHETIC = {
-    "num_classes": 3,
-    "in_chans": 1,
-    "img_size": 4,
-    "train_size": 16,
-    "valid_size": 8,
-    "test_size": 8,
-    "seed": 0,
-}
-
-
-def tiny_recipe(**changes: Any) -> dict[str, Any]:
-    recipe: dict[str, Any] = {
-        "name": "tiny",
-        "model": {"name": "mlp_relu", "args": {"hidden_sizes": [8]}},
-        "data": {"dataset": "synthetic", "batch_size": 8, "synthetic": dict(SYNTHETIC)},
-        "optim": {"name": "adam", "lr": 0.01},
-        "epochs": 2,
-    }
-    recipe.update(changes)
-    return recipe
-
-
-def write_recipe(path: Path, recipe: dict[str, Any] | str) -> Path:
-    text = recipe if isinstance(recipe, str) else yaml.safe_dump(recipe, sort_keys=False)
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def invoke(*args: str) -> Result:
