@@ -1,0 +1,301 @@
+"""The run directory format: its file names, and the one reader and writer of each file.
+
+A run directory (``runs/<name>/<timestamp>``, one point of a sweep, or an export of either)
+holds::
+
+    recipe.yaml     the fully resolved recipe                      (training writes it first)
+    metrics.jsonl   one JSON object per finished epoch
+    checkpoints/    last.json + last.safetensors (zoo.training.checkpoint)
+    model.safetensors, config.json                                 (zoo.weights.files)
+    summary.json    test metrics, best epoch, environment          (written last: marks done)
+    README.md       the model card (zoo.runs.card), curves.png (zoo.runs.plots)
+    sweep.json      in a sweep's root: its points and their state (zoo.training.sweep)
+
+Every module that reads or writes these files goes through this one: readers are strict
+(a damaged line is an error naming the file and line, never silently skipped), capped in
+size, and parse YAML with zoo's guarded loader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, overload
+
+from zoo._fs import read_capped, remove_entry
+from zoo._io import atomic_write_json, atomic_write_text
+from zoo._yaml import parse_yaml
+from zoo.errors import RecipeError, RunError
+
+__all__ = [
+    "CARD_NAME",
+    "CHECKPOINT_DIR",
+    "CONFIG_NAME",
+    "CURVES_NAME",
+    "LOCK_NAME",
+    "METRICS_NAME",
+    "RECIPE_NAME",
+    "RUN_FILES",
+    "SUMMARY_NAME",
+    "SWEEP_INDEX_NAME",
+    "WEIGHTS_NAME",
+    "check_recipe",
+    "check_run_dir",
+    "claim_run_dir",
+    "default_run_dir",
+    "is_run_dir",
+    "read_json",
+    "read_metrics",
+    "read_recipe_data",
+    "read_recipe_text",
+    "read_text",
+    "write_errors",
+    "write_metrics",
+    "write_recipe",
+    "write_summary",
+]
+
+RECIPE_NAME = "recipe.yaml"
+METRICS_NAME = "metrics.jsonl"
+SUMMARY_NAME = "summary.json"
+CHECKPOINT_DIR = "checkpoints"
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+CURVES_NAME = "curves.png"
+SWEEP_INDEX_NAME = "sweep.json"
+TENSORBOARD_DIR = "tensorboard"
+_RECIPE_HASH_LINE = "# written by zoo; sha256 of the recipe below: "
+LOCK_NAME = ".zoo-lock"  # held by the process writing the run (zoo.runs.lock)
+RUN_FILES = (
+    RECIPE_NAME,
+    METRICS_NAME,
+    SUMMARY_NAME,
+    CHECKPOINT_DIR,
+    WEIGHTS_NAME,
+    CONFIG_NAME,
+    CARD_NAME,
+    CURVES_NAME,
+    SWEEP_INDEX_NAME,
+    TENSORBOARD_DIR,
+)
+# A run's text files are small: a million epochs of metrics is still under this. Anything
+# bigger (or endless, like /dev/zero) is damage or an attack, refused before it fills memory.
+MAX_TEXT_BYTES = 64 << 20
+
+
+# -- where a run goes ----------------------------------------------------------------------
+
+
+def default_run_dir(name: str, now: datetime | None = None) -> Path:
+    """``runs/<name>/<local time, YYYYmmdd-HHMMSS>``."""
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / name / stamp
+
+
+def is_run_dir(directory: Path) -> bool:
+    """Whether ``directory`` looks like a run (it has metrics or a recipe)."""
+    return (directory / METRICS_NAME).is_file() or (directory / RECIPE_NAME).is_file()
+
+
+def claim_run_dir(run_dir: Path, force: bool) -> None:
+    """Create ``run_dir``; an existing non-empty one is refused unless ``force``."""
+    check_run_dir(run_dir, force)
+    if _has_entries(run_dir):
+        _clear_run_files(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _has_entries(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is a directory holding anything but its lock."""
+    return run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir())
+
+
+def check_run_dir(run_dir: Path, force: bool) -> None:
+    """Refuse ``run_dir`` if it is a file, or not empty and not ``force``; create nothing."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"output path {run_dir} exists and is not a directory; choose another --out")
+    if _has_entries(run_dir) and not force:
+        raise RunError(
+            f"output directory {run_dir} already exists and is not empty; continue it with "
+            f"`zoo train --resume {run_dir}`, choose another --out, or overwrite it with "
+            "--force"
+        )
+
+
+def _clear_run_files(run_dir: Path) -> None:
+    # Only the files a run writes: --force on a directory holding other things keeps them.
+    # Links are removed, never followed, and nothing is removed through a linked run_dir.
+    if run_dir.is_symlink():
+        raise RunError(
+            f"refusing to overwrite {run_dir} with --force: it is a link to "
+            f"{run_dir.resolve()}; give the directory itself as --out"
+        )
+    try:
+        for name in RUN_FILES:
+            remove_entry(run_dir / name)
+    except OSError as e:
+        raise RunError(
+            f"cannot clear {run_dir} for --force ({e.strerror or e}: {e.filename}); "
+            "fix its permissions or choose another --out"
+        ) from None
+
+
+@contextlib.contextmanager
+def write_errors(run_dir: Path, what: str, kept: int) -> Iterator[None]:
+    """A failed write (full disk, lost mount) becomes one line that says what was kept.
+    The atomic writes have already removed their temporary files."""
+    try:
+        yield
+    except OSError as e:
+        if kept:
+            then = (
+                f"epoch {kept} is the last complete checkpoint. Free space, then continue "
+                f"with `zoo train --resume {run_dir}`"
+            )
+        else:
+            then = "no epoch was checkpointed. Free space, then train again with --force"
+        raise RunError(f"cannot write {what} in {run_dir} ({e.strerror or e}); {then}") from None
+
+
+# -- readers -------------------------------------------------------------------------------
+
+
+def read_text(path: Path, *, missing_ok: bool = False) -> str | None:
+    """The UTF-8 text of ``path`` (None if it is missing and ``missing_ok``); at most
+    :data:`MAX_TEXT_BYTES`, read as a regular file inside its directory (zoo._fs)."""
+    try:
+        # a link leaving the run, a FIFO or a device is refused before it is opened
+        raw = read_capped(path, MAX_TEXT_BYTES, error=RunError, fix="the run is damaged")
+    except FileNotFoundError:
+        if missing_ok and not path.is_symlink():
+            return None
+        raise RunError(f"{path} is missing; is {path.parent} a zoo run directory?") from None
+    except OSError as e:
+        raise RunError(f"cannot read {path} ({e.strerror or e}); the run is damaged") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RunError(f"{path} is not UTF-8 text (byte {e.start}); the run is damaged") from None
+
+
+@overload
+def read_json(path: Path) -> dict[str, Any]: ...
+@overload
+def read_json(path: Path, *, missing_ok: bool) -> dict[str, Any] | None: ...
+def read_json(path: Path, *, missing_ok: bool = False) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (None if missing and ``missing_ok``)."""
+    text = read_text(path, missing_ok=missing_ok)
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path} is not valid JSON ({e}); the run directory is damaged") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def read_metrics(run_dir: Path, *, missing_ok: bool = False) -> list[dict[str, Any]]:
+    """The per-epoch records of ``metrics.jsonl`` (blank lines skipped). A line that is not
+    a JSON object, or whose ``epoch`` is not an integer, is an error naming its number."""
+    path = Path(run_dir) / METRICS_NAME
+    text = read_text(path, missing_ok=missing_ok)
+    rows = []
+    for number, line in enumerate((text or "").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RunError(
+                f"{path} line {number} is not valid JSON ({e}); fix or remove it"
+            ) from None
+        if not isinstance(row, dict):
+            raise RunError(f"{path} line {number} is not a JSON object; fix or remove it")
+        epoch = row.get("epoch")
+        if "epoch" in row and (isinstance(epoch, bool) or not isinstance(epoch, int)):
+            raise RunError(f"{path} line {number}: epoch {epoch!r} is not an integer")
+        rows.append(row)
+    return rows
+
+
+def read_recipe_data(run_dir: Path, *, missing_ok: bool = True) -> dict[str, Any] | None:
+    """``recipe.yaml`` as plain data, parsed by the guarded YAML loader (no validation:
+    a recipe of a plugin that is not installed still reads). None when it is missing."""
+    path = Path(run_dir) / RECIPE_NAME
+    text = read_text(path, missing_ok=missing_ok)
+    if text is None:
+        return None
+    try:
+        data = parse_yaml(text, str(path))
+    except RecipeError as e:
+        raise RunError(f"{e} (the run directory is damaged)") from None
+    return data if isinstance(data, dict) else {}
+
+
+# -- writers -------------------------------------------------------------------------------
+
+
+def write_recipe(run_dir: Path, text: str) -> None:
+    """``recipe.yaml``, headed by a comment recording the sha256 of the recipe below it, so
+    that an edit made after the run wrote it is detected (:func:`check_recipe`)."""
+    atomic_write_text(Path(run_dir) / RECIPE_NAME, f"{_RECIPE_HASH_LINE}{_sha256(text)}\n{text}")
+
+
+def read_recipe_text(run_dir: Path) -> str | None:
+    """``recipe.yaml`` without its hash comment (None when missing)."""
+    text = read_text(Path(run_dir) / RECIPE_NAME, missing_ok=True)
+    if text is not None and text.startswith(_RECIPE_HASH_LINE):
+        text = text.partition("\n")[2]
+    return text
+
+
+def check_recipe(run_dir: Path) -> None:
+    """Refuse a ``recipe.yaml`` edited after the run wrote it: the recipe the card and a
+    resume would use must be the one that trained. Recipes written before the hash comment
+    existed are accepted as they are."""
+    path = Path(run_dir) / RECIPE_NAME
+    text = read_text(path, missing_ok=True)
+    if text is None or not text.startswith(_RECIPE_HASH_LINE):
+        return
+    first, _, rest = text.partition("\n")
+    if first[len(_RECIPE_HASH_LINE) :].strip() != _sha256(rest):
+        raise RunError(
+            f"{path} was edited after the run wrote it (it no longer matches the sha256 "
+            f"recorded in its first line), so it is not the recipe that trained; undo the "
+            f"edit, or train the edited recipe as a new run: `zoo train {path} --out NEW_DIR`"
+        )
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_metrics(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """All epochs' records, one JSON object per line, replacing the file atomically. A value
+    that is not a finite number (the accuracy of an empty validation split) is written as
+    standard JSON ``null``, never as a bare ``NaN`` other readers refuse."""
+    text = "".join(json.dumps(_finite(r), allow_nan=False) + "\n" for r in rows)
+    atomic_write_text(Path(run_dir) / METRICS_NAME, text)
+
+
+def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> None:
+    atomic_write_json(Path(run_dir) / SUMMARY_NAME, _finite(summary))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
