@@ -11,7 +11,6 @@ is kept as it is by :func:`card_text` (export and push).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +44,8 @@ def card_text(directory: str | Path, *, repo_id: str | None = None) -> str:
     """The card to publish for ``directory``: its own README.md when a person wrote it,
     otherwise a freshly rendered one (naming ``repo_id`` in the usage snippet)."""
     text = files.read_text(Path(directory) / files.CARD_NAME, missing_ok=True)
-    if text is not None:
-        if MARKER not in text:
-            return text
+    if text is not None and MARKER not in text:
+        return text
     return render_card(directory, repo_id=repo_id)
 
 

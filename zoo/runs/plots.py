@@ -14,7 +14,6 @@ same four panels with one line per sweep point, labelled by the point's values.
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
