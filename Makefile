@@ -22,7 +22,7 @@ quickstart: install  ## train the quickstart recipe on real Fashion-MNIST, then 
 test: install  ## the full test suite, slow and integration tests included (what CI runs)
 	$(PYTHON) -m pytest -m "" -q
 
-report: install  ## the seed's three sweeps and two best models on Fashion-MNIST (CPU, ~12 min on 2 cores), then report.md
+report: install  ## the seed's sweeps and best models on Fashion-MNIST, smoke-test profile (~12 min); PROFILE=cpu make report for the real one (<= 90 min on 2 cores)
 	bash benchmarks/make_report.sh
 
 lint:  ## ruff check, ruff format --check, mypy

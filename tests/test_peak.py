@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(peak, "_time_matmul", fake)
     monkeypatch.setattr(peak, "_MEMO", {})
+    monkeypatch.setattr(peak, "load_average", lambda: [0.0, 0.0, 0.0])  # a quiet machine
     return timed
 
 
@@ -55,6 +57,22 @@ def test_probe_is_cached_on_disk_and_in_memory(
     again = peak.peak_flops("cpu", "fp32")
     assert again["cached"] is True and len(fake_clock) == calls
     assert again["peak_flops_per_s"] == first["peak_flops_per_s"]
+
+
+def test_a_probe_on_a_busy_machine_is_used_but_not_cached(
+    fake_clock: list[int], _zoo_home: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """A low reading under load would stay cached for good: it serves this process only."""
+    busy = [4.0 * (os.cpu_count() or 1), 1.0, 1.0]
+    monkeypatch.setattr(peak, "load_average", lambda: busy)
+    first = peak.peak_flops("cpu", "fp32")
+    assert first["cached"] is False and _cache_files(_zoo_home) == []
+    assert "the machine is busy" in caplog.text
+    assert peak.peak_flops("cpu", "fp32")["cached"] is True  # memory, this process only
+    monkeypatch.setattr(peak, "_MEMO", {})
+    monkeypatch.setattr(peak, "load_average", lambda: [0.1, 0.1, 0.1])
+    assert peak.peak_flops("cpu", "fp32")["cached"] is False  # measured again, now kept
+    assert len(_cache_files(_zoo_home)) == 1
 
 
 def test_cache_key_includes_dtype_and_threads(fake_clock: list[int], _zoo_home: Path) -> None:

@@ -55,10 +55,10 @@ def test_report_names_every_figure_and_they_exist(runs: Path, tmp_path: Path) ->
         "sweep-mlp_act", ""
     )
     # each sweep's table, the Mixer time table (one row per patch size), the leaderboard
-    assert text.count("| model.args.patch_size | status |") == 1
-    assert "| model.name | status |" in text
-    mixer_rows = re.findall(r"^\| (\d+) \| mlpmixer_p4 \|", text, re.MULTILINE)
-    assert mixer_rows == ["2", "4"]
+    assert text.count("| model.args.patch_size | model | status |") == 1
+    assert "| model.name | model | status |" in text
+    mixer_rows = re.findall(r"^\| (\d+) \| mlpmixer_p4 \(patch_size=(\d+)\) \|", text, re.M)
+    assert mixer_rows == [("2", "2"), ("4", "4")]
     assert "inference, 5,000 images" in text and "training epoch, 45,000 images" in text
     board = re.findall(r"^\| (\d+) \| ([^|]+) \|", text.split("## Leaderboard")[1], re.MULTILINE)
     assert len(board) == 5 and board[0][1].strip() == "resnet_best"
@@ -69,6 +69,22 @@ def test_report_without_bench_has_no_timings(runs: Path, tmp_path: Path) -> None
     text = build_report([runs / "mlp_act" / "t0"], tmp_path / "r", bench=False).read_text()
     assert "MLP-Mixer" not in text and "not measured" in text
     assert all((tmp_path / "r" / link).is_file() for link in _links(text))
+
+
+def test_every_table_names_the_model_each_point_actually_trained(
+    runs: Path, tmp_path: Path
+) -> None:
+    """A sweep over model.args.patch_size builds one builder name with other patch sizes: the
+    sweep table, the leaderboard and the run lines show the patch size next to the name."""
+    note = "Budget: **3 epochs** on 2 CPU cores."
+    text = build_report([runs], tmp_path / "r", bench=False, note=note).read_text()
+    assert text.splitlines()[4] == note
+    sweep_rows = re.findall(r"^\| (\d+) \| `([^`]+)` \| done \|", text, re.MULTILINE)
+    assert sweep_rows == [("2", "mlpmixer_p4 (patch_size=2)"), ("4", "mlpmixer_p4 (patch_size=4)")]
+    assert "| mlp_relu | `mlp_relu` | done |" in text
+    board = text.split("## Leaderboard")[1]
+    assert "| mlpmixer_p4 (patch_size=2) |" in board and "| resnet18" in board
+    assert "Model `resnet18" in text
 
 
 def test_discover_finds_sweeps_and_runs_but_not_points_twice(runs: Path) -> None:

@@ -12,6 +12,10 @@ The peak is the fastest of the timed products, not the median: noise on a shared
 only ever slows a product down, and a median taken under load made a lightly loaded model's
 MFU exceed 100 %. The median rate and the load average are kept in the cache record too.
 
+A CPU probe made while the machine is busy (a 1-minute load average above its CPU count, as
+when other jobs train) reads low, and a low peak would stay cached for good: such a result
+is used for this process only, with a warning, and measured again by the next one.
+
 The matrix grows from 256 by doubling until one product takes at least a tenth of the
 budget (at most 2048 on a CPU, 8192 on a GPU): a CPU without native bf16 runs a 1024-square
 bf16 matmul for seconds, a GPU needs large matrices to reach its peak.
@@ -23,6 +27,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from datetime import UTC, datetime
@@ -77,13 +82,33 @@ def peak_flops(
     path = _cache_path(text)
     record = _read(path, key)
     if record is None:
+        busy_before = _busy(device)
         record = {"key": key, **_probe(device, key["dtype"], probe_time)}
-        atomic_write_json(path, record)
+        busy = busy_before or _busy(device)
+        if busy:
+            log.warning(
+                "the machine is busy (load average %s on %d CPUs): the %s peak measured now "
+                "(%.3g FLOP/s) may read low; it is not cached, the next run measures again",
+                busy,
+                os.cpu_count() or 1,
+                key["dtype"],
+                record["peak_flops_per_s"],
+            )
+        else:
+            atomic_write_json(path, record)
         cached = False
     else:
         cached = True
     _MEMO[text] = record
     return {**record, "cached": cached}
+
+
+def _busy(device: str) -> list[float] | None:
+    """The load average when a CPU ``device`` is too busy to measure its peak, else None."""
+    load = load_average()
+    if device.split(":")[0] != "cpu" or not load:
+        return None
+    return load if load[0] > (os.cpu_count() or 1) else None
 
 
 def _cache_path(key_text: str) -> Path:

@@ -39,6 +39,7 @@ __all__ = [
     "discover",
     "load_run",
     "load_sweep",
+    "model_label",
     "write_plots",
 ]
 
@@ -220,6 +221,30 @@ def _pct(value: Any) -> str:
     return f"{100 * value:.2f} %" if isinstance(value, int | float) else "-"
 
 
+def model_label(run: LoadedRun | None) -> str:
+    """What a run actually trained: its builder's name and every argument that changes what
+    the name says (``mlpmixer_p4 (patch_size=14)``), so a sweep over ``model.args`` does not
+    show one name for every point. A patch model always shows its patch size."""
+    if run is None:
+        return "-"
+    name = run.config.get("architecture") or run.summary.get("model") or "?"
+    args = run.config.get("model_args")
+    args = args if isinstance(args, dict) else {}
+    shown: dict[str, Any] = {}
+    if "patch_size" in args:
+        shown["patch_size"] = args["patch_size"]
+    overrides = run.config.get("overrides")
+    for key, change in (overrides if isinstance(overrides, dict) else {}).items():
+        shown[key] = change.get("used") if isinstance(change, dict) else change
+    for key in run.summary.get("sweep_values") or {}:
+        arg = str(key).removeprefix("model.args.")
+        if arg != key and arg in args:  # a swept model argument
+            shown[arg] = args[arg]
+    if not shown:
+        return str(name)
+    return f"{name} ({', '.join(f'{k}={v}' for k, v in shown.items())})"
+
+
 def _first_layer_md(run: LoadedRun, figs: _Figures) -> list[str]:
     from zoo.analysis.viz import VizError, plot_first_layer
     from zoo.weights.files import load_model_dir
@@ -247,7 +272,7 @@ def _sweep_md(sweep: Sweep, figs: _Figures) -> list[str]:
         )
         rel = figs.save(fig, f"sweep-{sweep.name}")
         lines += [f"![sweep {sweep.name}: loss and accuracy per epoch]({rel})", ""]
-    lines += [plots.sweep_table(sweep.data), ""]
+    lines += [plots.sweep_table(sweep.data, models=[model_label(r) for _, r in sweep.runs]), ""]
     scored = [
         (float(r.summary["test_acc"]), r)
         for _, r in done
@@ -264,7 +289,7 @@ def _run_md(run: LoadedRun, figs: _Figures) -> list[str]:
     s = run.summary
     lines = [f"### {run.label}", "", f"Source: `{run.path}`", ""]
     lines += [
-        f"Model `{s.get('model', run.config.get('architecture', '?'))}` on "
+        f"Model `{model_label(run)}` on "
         f"{s.get('dataset', '?')}: test accuracy **{_pct(s.get('test_acc'))}**, best valid "
         f"accuracy {_pct(s.get('best_valid_acc'))} (epoch {s.get('best_epoch', '-')}), "
         f"{s.get('epochs', len(run.metrics))} epochs.",
@@ -302,7 +327,7 @@ def _mixer_md(runs: Sequence[LoadedRun], timer: _Timer) -> list[str]:
     for patch, run in sorted(by_patch.items()):
         inf, train = timer.measure(run, "inference"), timer.measure(run, "train")
         lines.append(
-            f"| {patch} | {run.config['architecture']} | {inf.params:,} "
+            f"| {patch} | {model_label(run)} | {inf.params:,} "
             f"| {inf.flops_per_image / 1e9:.3f} | {inf.images_per_s:,.0f} ({inf.batch_size}) "
             f"| {VALID_IMAGES / inf.images_per_s:.1f} s "
             f"| {train.images_per_s:,.0f} ({train.batch_size}) "
@@ -321,7 +346,7 @@ def _leaderboard_md(runs: Sequence[LoadedRun], timer: _Timer | None, figs: _Figu
         entries.append(
             {
                 "label": run.label,
-                "model": run.summary.get("model") or run.config.get("architecture", "?"),
+                "model": model_label(run),
                 "dataset": run.summary.get("dataset", "?"),
                 "test_acc": acc,
                 "params": run.summary.get("params") or (rec.params if rec else None),
@@ -367,11 +392,13 @@ def build_report(
     bench: bool = True,
     bench_time: float = 1.0,
     device: str = "cpu",
+    note: str | None = None,
 ) -> Path:
     """Write ``out_dir/report.md`` and its figures from ``sources``; return the report path.
 
     ``bench=False`` skips every timing (no Mixer table, no images/s in the leaderboard);
-    ``bench_time`` is the minimum seconds of timed steps per measurement.
+    ``bench_time`` is the minimum seconds of timed steps per measurement; ``note`` (markdown)
+    goes under the title, e.g. what the runs' budget was.
     """
     out = Path(out_dir)
     sweeps, runs = discover(sources)
@@ -386,6 +413,8 @@ def build_report(
         "Curves: four panels (train/valid loss, train/valid accuracy) per epoch.",
         "",
     ]
+    if note:
+        lines += [note.strip(), ""]
     if sweeps:
         lines += ["## Sweeps", ""]
         for sweep in sweeps:

@@ -147,17 +147,21 @@ def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def sweep_table(sweep: Mapping[str, Any]) -> str:
+def sweep_table(sweep: Mapping[str, Any], models: Sequence[str] | None = None) -> str:
     """The markdown summary table of a ``sweep.json`` mapping: one row per point with its
-    values, status, best valid accuracy (epoch), test accuracy and loss, params and wall time.
-    The best test accuracy is in bold."""
+    values, the model it trained (``models``, one per point, when given), status, best valid
+    accuracy (epoch), test accuracy and loss, params and wall time. The best test accuracy is
+    in bold."""
     keys = list(sweep.get("keys", []))
     points = list(sweep.get("points", []))
     accs = [(p.get("summary") or {}).get("test_acc") for p in points]
     best = max((a for a in accs if isinstance(a, int | float)), default=None)
-    header = [*keys, "status", "best valid acc (epoch)", "test acc", "test loss", "params", "time"]
+    if models is not None and len(models) != len(points):
+        raise ValueError(f"{len(models)} model names for {len(points)} sweep points")
+    header = [*keys, *(["model"] if models is not None else [])]
+    header += ["status", "best valid acc (epoch)", "test acc", "test loss", "params", "time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for point, acc in zip(points, accs, strict=True):
+    for i, (point, acc) in enumerate(zip(points, accs, strict=True)):
         s = point.get("summary") or {}
         valid = s.get("best_valid_acc")
         valid_cell = f"{100 * valid:.2f} % ({s.get('best_epoch')})" if valid is not None else "-"
@@ -166,6 +170,7 @@ def sweep_table(sweep: Mapping[str, Any]) -> str:
             acc_cell = f"**{acc_cell}**"
         wall = s.get("wall_time_s")
         row = [_cell(point.get("values", {}).get(k)) for k in keys]
+        row += [f"`{models[i]}`"] if models is not None else []
         row += [
             str(point.get("status", "-")),
             valid_cell,
