@@ -54,6 +54,7 @@ def recipe_for(model: str, train_size: int, batch_size: int) -> Any:
             },
             "optim": {"name": "adam", "lr": 1e-3},
             "epochs": 1000,
+            "precision": "fp32",  # as the hand-written twin: auto could pick bf16
         }
     )
 

@@ -11,6 +11,10 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 # Never touch the user's real caches or the network from tests.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# `precision: auto` (the recipe default) would time bf16 against fp32 in every test's fresh
+# ZOO_HOME, and pick bf16 on CPUs with native bf16: tests train in fp32 on every machine.
+# Tests of auto itself unset it (tests/test_devices.py, tests/test_precision.py).
+os.environ["ZOO_PRECISION"] = "fp32"
 
 
 @pytest.fixture(autouse=True)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from publish_helpers import make_run
 
+import zoo
 from zoo.errors import RunError
 from zoo.runs.card import MARKER, card_text, render_card, write_card
 
@@ -102,3 +105,32 @@ def test_damaged_run_files_are_a_run_error(tmp_path: Path, name: str, content: s
     with pytest.raises(RunError, match=match):
         write_card(run)
     assert not (run / "README.md").exists()
+
+
+def test_overridden_pins_are_shown_where_the_architecture_is_named(tmp_path: Path):
+    # config.json says mlp_tanh, model_args say relu: the card must not call it a tanh MLP
+    args = {"num_classes": 3, "in_chans": 1, "img_size": 8, "hidden_sizes": [4]}
+    run, _ = make_run(tmp_path / "run", "mlp_tanh", {**args, "activation": "relu"})
+    config = json.loads((run / "config.json").read_text())
+    assert config["architecture"] == "mlp_tanh" and config["model_args"]["activation"] == "relu"
+    assert config["overrides"] == {"activation": {"pinned": "tanh", "used": "relu"}}
+    text = render_card(run)
+    shown = "`mlp_tanh` with `activation=relu` in place of the `tanh` it pins"
+    assert f"{shown} trained with zoo" in text and f"rebuilds {shown}" in text
+    assert zoo.create(str(run)).zoo_cfg["args"]["activation"] == "relu"  # loads as it was built
+    plain, _ = make_run(tmp_path / "plain", "mlp_tanh", args)
+    assert "overrides" not in json.loads((plain / "config.json").read_text())
+    assert "in place of" not in render_card(plain)
+
+
+def test_config_json_without_overrides_still_loads(tmp_path: Path):
+    # runs exported before overrides were recorded: loading rebuilds from model_args as ever
+    args = {"num_classes": 3, "in_chans": 1, "img_size": 8, "hidden_sizes": [4]}
+    run, net = make_run(tmp_path / "run", "mlp_tanh", {**args, "activation": "relu"})
+    config = json.loads((run / "config.json").read_text())
+    del config["overrides"]
+    (run / "config.json").write_text(json.dumps(config))
+    loaded = zoo.create(str(run))
+    assert loaded.zoo_cfg["overrides"]["activation"]["used"] == "relu"
+    for key, value in net.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)

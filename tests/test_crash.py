@@ -1,15 +1,18 @@
 """Kill-and-resume: a real ``zoo train`` process killed with SIGKILL at seeded-random points
 (between epochs, in the middle of writing a checkpoint file, between writing it and renaming
-it into place) resumes with ``--resume`` and ends with exactly the weights of a run that was
-never interrupted. SIGINT stops after a checkpoint and says how to resume.
+it into place) and at the fixed points before the first complete checkpoint resumes with
+``--resume`` alone and ends with the weights of a run that was never interrupted. SIGTERM and
+SIGINT at every phase (training, validation, test, export, card, a sweep point) exit 143 /
+130 with one line whose command continues the run to those same weights.
 
-Kills inside a checkpoint write are placed exactly by a small launcher (``killer.py``,
-written below) that wraps the file-system calls of zoo's atomic writes and SIGKILLs its own
-process at the N-th call; it then runs the unmodified ``zoo`` CLI. No test hook lives in zoo.
+Kills and signals are placed exactly by a small launcher (``killer.py``, written below) that
+wraps one of zoo's functions and SIGKILLs, or signals, its own process at the N-th call; it
+then runs the unmodified ``zoo`` CLI. No test hook lives in zoo.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -20,7 +23,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -50,7 +55,7 @@ RECIPE = {
 
 KILLER = '''
 """Run the zoo CLI, SIGKILLing this process at the N-th call of one file-system step."""
-import json, os, signal, sys
+import json, os, signal, sys, time
 
 kind, nth = sys.argv[1], int(sys.argv[2])
 calls = 0
@@ -112,6 +117,44 @@ elif kind == "before-cleanup":  # last.json committed, old tensors file not yet 
 
     Path.unlink = path_unlink
 
+elif kind == "after-metrics":  # metrics.jsonl has the epoch, its checkpoint is not begun
+    import zoo.runs.files
+
+    real_metrics = zoo.runs.files.write_metrics
+
+    def write_metrics(*args, **kwargs):
+        real_metrics(*args, **kwargs)
+        maybe_die()
+
+    zoo.runs.files.write_metrics = write_metrics
+elif ":" in kind:  # SIGNAL[xCOUNT]:PHASE, e.g. SIGTERM:valid or SIGINTx2:train
+    import zoo.runs.card
+    import zoo.training.loop
+    import zoo.weights.files
+
+    name, phase = kind.split(":")
+    name, _, count = name.partition("x")
+    sig = getattr(signal, name)
+    owner, function = {
+        "train": (zoo.training.loop, "_backward"),  # N-th training step, counted over epochs
+        "valid": (zoo.training.loop, "_evaluate"),  # N-th evaluation: epoch N's validation
+        "test": (zoo.training.loop, "_choose_weights"),  # the test evaluation begins
+        "export": (zoo.weights.files, "save_model_files"),
+        "card": (zoo.runs.card, "write_card"),  # after summary.json: the finishing steps
+    }[phase]
+    real = getattr(owner, function)
+
+    def signalled(*args, **kwargs):
+        global calls
+        calls += 1
+        if calls == nth:
+            for _ in range(int(count or 1)):  # COUNT signals, each handled before the next
+                os.kill(os.getpid(), sig)
+                time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    setattr(owner, function, signalled)
+
 from zoo.cli import main
 
 sys.argv = ["zoo", *sys.argv[3:]]
@@ -162,15 +205,21 @@ def reference(workdir: Path) -> bytes:
 
 
 def _finish(run: str, cwd: Path) -> bytes:
-    """Resume until done; a run killed before its first checkpoint starts over with --force."""
+    """Resume until done: ``--resume`` alone, never ``--force``."""
     done = _zoo("train", "--resume", run, cwd=cwd)
-    # killed before the first checkpoint (or even before recipe.yaml): start over
-    if done.returncode != 0 and (
-        "no complete checkpoint" in done.stderr or "no recipe" in done.stderr
-    ):
-        done = _zoo("train", "recipe.yaml", "--out", run, "--force", cwd=cwd)
+    if done.returncode != 0 and "nothing was trained" in done.stderr:
+        # killed between creating the directory and recording the recipe: start it (no --force)
+        done = _zoo("train", "recipe.yaml", "--out", run, cwd=cwd)
     assert done.returncode == 0, done.stderr
     return (cwd / run / "model.safetensors").read_bytes()
+
+
+def _assert_same_weights(run: Path, reference: Path) -> None:
+    """The weights of an uninterrupted run (compared with a tolerance: another process)."""
+    got, want = load_file(run / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-6, atol=1e-7)
 
 
 KINDS = ["before-rename", "mid-tensors", "mid-json", "before-cleanup"]
@@ -248,3 +297,134 @@ def test_sigint_stops_after_a_checkpoint_and_says_how_to_resume(
     assert (workdir / run / "checkpoints" / "last.json").is_file()
     assert not (workdir / run / "model.safetensors").exists()
     assert _finish(run, workdir) == reference
+
+
+# -- before the first complete checkpoint --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["after-metrics", "mid-tensors", "mid-json"],
+    ids=["after-first-metrics-line", "mid-first-tensors", "mid-first-last-json"],
+)
+def test_sigkill_before_the_first_checkpoint_starts_over_on_resume(
+    workdir: Path, reference: bytes, kind: str
+) -> None:
+    run = f"first-{kind}"
+    killed = _killed(kind, 1, ["train", "recipe.yaml", "--out", run], workdir)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (workdir / run / "checkpoints" / "last.json").exists()
+    resumed = _zoo("train", "--resume", run, cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    starts = [line for line in resumed.stderr.splitlines() if "starting it over" in line]
+    assert len(starts) == 1, resumed.stderr
+    assert "--force" not in resumed.stderr
+    _assert_same_weights(workdir / run, workdir / "reference")
+
+
+# -- SIGTERM and SIGINT at every phase -----------------------------------------------------
+
+STEPS = 16  # training steps per epoch: 256 images in batches of 16
+# phase -> (N-th call to signal at, what the checkpoint holds afterwards for SIGTERM, SIGINT)
+PHASES = {
+    "train": (STEPS + 5, 1, 2),  # epoch 2, step 5: SIGTERM stops now, Ctrl-C ends the epoch
+    "valid": (2, 2, 2),  # epoch 2's validation: both checkpoint epoch 2
+    "test": (1, EPOCHS, EPOCHS),
+    "export": (1, EPOCHS, EPOCHS),
+    "card": (1, EPOCHS, EPOCHS),
+}
+
+
+def _stopped_line(result: subprocess.CompletedProcess[str], signum: int) -> str:
+    """The one error line of a stopped run; exit 143 for SIGTERM, 130 for SIGINT."""
+    assert result.returncode == 128 + signum, result.stderr
+    assert "Traceback" not in result.stderr and "Aborted" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def _continue(line: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the command the error line names, as the user would paste it."""
+    command = line.split("`")[-2].split()
+    assert command[:3] == ["zoo", "train", "--resume"], line
+    return _zoo(*command[1:], cwd=cwd)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_signal_at_any_phase_says_how_to_continue_to_the_same_weights(
+    workdir: Path, reference: bytes, phase: str, signame: str
+) -> None:
+    signum = getattr(signal, signame)
+    nth, after_term, after_int = PHASES[phase]
+    run = f"{signame}-{phase}"
+    result = _killed(f"{signame}:{phase}", nth, ["train", "recipe.yaml", "--out", run], workdir)
+    line = _stopped_line(result, signum)
+    assert ("SIGTERM" in line) == (signame == "SIGTERM"), line
+    assert f"zoo train --resume {run}`" in line
+    record = json.loads((workdir / run / "checkpoints" / "last.json").read_text())
+    assert record["epoch"] == (after_term if signame == "SIGTERM" else after_int)
+    assert not (workdir / run / ".zoo-lock").exists()  # released
+    assert not (workdir / run / "README.md").exists()  # the finishing was interrupted
+    done = _continue(line, workdir)
+    assert done.returncode == 0, done.stderr
+    assert (workdir / run / "README.md").is_file()
+    _assert_same_weights(workdir / run, workdir / "reference")
+
+
+def test_two_ctrl_c_before_the_first_epoch_resume_starts_over(
+    workdir: Path, reference: bytes
+) -> None:
+    run = "two-ctrl-c"
+    result = _killed("SIGINTx2:train", 3, ["train", "recipe.yaml", "--out", run], workdir)
+    line = _stopped_line(result, signal.SIGINT)
+    assert "no epoch had finished" in line and "--force" not in line
+    done = _continue(line, workdir)
+    assert done.returncode == 0, done.stderr
+    assert "starting it over from its recorded recipe" in done.stderr
+    _assert_same_weights(workdir / run, workdir / "reference")
+
+
+def test_second_sigterm_stops_at_once(workdir: Path, reference: bytes) -> None:
+    run = "two-sigterms"
+    # both during epoch 2's validation: the first would let it checkpoint, the second stops now
+    result = _killed("SIGTERMx2:valid", 2, ["train", "recipe.yaml", "--out", run], workdir)
+    line = _stopped_line(result, signal.SIGTERM)
+    assert "epoch 1 is checkpointed" in line, line
+    assert _continue(line, workdir).returncode == 0
+    _assert_same_weights(workdir / run, workdir / "reference")
+
+
+def test_sigterm_during_a_sweep_point_continues_the_sweep(workdir: Path, reference: bytes) -> None:
+    sweep = {**RECIPE, "name": "crash_sweep", "sweep": {"optim.lr": [0.01, 0.02]}}
+    (workdir / "sweep.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
+    args = ["train", "sweep.yaml", "--out", "sw"]
+    result = _killed("SIGTERM:train", STEPS + 5, args, workdir)
+    line = _stopped_line(result, signal.SIGTERM)
+    assert "zoo train --resume sw`" in line
+    done = _continue(line, workdir)
+    assert done.returncode == 0, done.stderr
+    points = json.loads((workdir / "sw" / "sweep.json").read_text())["points"]
+    assert [p["status"] for p in points] == ["done", "done"]
+    _assert_same_weights(workdir / "sw" / "optim.lr=0.01", workdir / "reference")
+
+
+def test_sigterm_from_outside_stops_at_the_next_batch(workdir: Path, reference: bytes) -> None:
+    run = "terminated"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zoo", "train", "recipe.yaml", "--out", run],
+        cwd=workdir,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(workdir / run / "metrics.jsonl", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    ended = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+    line = _stopped_line(ended, signal.SIGTERM)
+    assert f"zoo train --resume {run}`" in line
+    assert _continue(line, workdir).returncode == 0
+    _assert_same_weights(workdir / run, workdir / "reference")

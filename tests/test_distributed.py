@@ -442,3 +442,20 @@ def test_killing_one_rank_ends_the_job_with_an_error(tmp_path: Path) -> None:
     assert returncode != 0
     assert "SIGKILL" in output or "Signal 9" in output, output[-2000:]
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_precision_auto_is_decided_once_for_every_rank(tmp_path: Path) -> None:
+    """Under torchrun, rank 0 alone measures (ZOO_PRECISION unset: auto really probes) and
+    its choice reaches the other rank through a real gloo broadcast; the job trains and
+    records it."""
+    recipe = _recipe_file(tmp_path, epochs=1, **GLOBAL_BATCH)
+    home = tmp_path / "home"
+    env = {"ZOO_PRECISION": "", "ZOO_HOME": str(home)}
+    done = _torchrun(tmp_path, ["train", str(recipe), "--out", str(tmp_path / "run")], env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    choice = json.loads((tmp_path / "run" / "summary.json").read_text())["precision"]
+    assert choice["requested"] == "auto" and choice["chosen"] in ("fp32", "bf16")
+    assert (done.stdout + done.stderr).count("precision auto -> ") == 1  # one rank decided
+    assert len(list((home / "precision").iterdir())) == 1

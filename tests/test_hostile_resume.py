@@ -197,3 +197,36 @@ def test_resumed_recipe_is_recorded_honestly(finished: Path) -> None:
     assert "epochs: 3" in (finished / "README.md").read_text()
     again = invoke("train", "--resume", "run")  # no false alarm after an honest change
     assert again.exit_code == 0, again.output
+
+
+def test_resume_of_a_run_killed_before_it_recorded_its_recipe_says_start_it(cwd: Path) -> None:
+    # what SIGKILL between creating the directory and renaming recipe.yaml into it leaves
+    (cwd / "run").mkdir()
+    (cwd / "run" / ".recipe.yaml.x1y2z3.tmp").write_text("name: tiny\n")
+    line = assert_refused(invoke("train", "--resume", "run"), "nothing was trained")
+    assert "zoo train RECIPE --out run" in line and "--force" not in line
+    path = write_recipe(cwd / "r.yaml", tiny_recipe(epochs=1))
+    result = invoke("train", str(path), "--out", "run")  # as the line says: no --force needed
+    assert result.exit_code == 0, result.output
+
+
+def test_stop_of_a_run_without_out_names_its_directory(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zoo.training import loop
+
+    real = loop._choose_weights
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's stop during the test evaluation
+
+    monkeypatch.setattr(loop, "_choose_weights", interrupted)
+    path = write_recipe(cwd / "r.yaml", tiny_recipe(epochs=1))
+    result = invoke("train", str(path))
+    line = assert_refused(result, "training stopped by SIGTERM", "zoo train --resume runs/tiny/")
+    assert result.exit_code == 143
+    (run,) = (cwd / "runs" / "tiny").iterdir()
+    assert f"zoo train --resume {run.relative_to(cwd)}`" in line
+    monkeypatch.setattr(loop, "_choose_weights", real)
+    assert invoke("train", "--resume", str(run)).exit_code == 0
+    assert (run / "summary.json").is_file()

@@ -182,3 +182,19 @@ def test_namespace_is_listed_only_when_asked(isolated_registry: None) -> None:
     assert zoo.create("fake/beta", num_classes=2)(torch.zeros(1, 3, 8, 8)).shape == (1, 2)
     with pytest.raises(UnknownModelError, match="fake/alpha"):
         zoo.create("fake/alph")
+
+
+def test_overriding_a_pinned_argument_is_recorded_not_hidden() -> None:
+    # recipes may override what a variant pins (an activation sweep over mlp_tanh's args)
+    model = zoo.create("mlp_tanh", activation="relu", hidden_sizes=[8])
+    assert model.zoo_cfg["architecture"] == "mlp_tanh"
+    assert model.zoo_cfg["args"]["activation"] == "relu"
+    assert model.zoo_cfg["overrides"] == {"activation": {"pinned": "tanh", "used": "relu"}}
+    rebuilt = zoo.create(model.zoo_cfg["architecture"], **model.zoo_cfg["args"])
+    assert rebuilt.zoo_cfg == model.zoo_cfg
+    # giving the pinned value, or an argument that is not pinned, overrides nothing
+    assert "overrides" not in zoo.create("mlp_tanh", activation="tanh", hidden_sizes=[8]).zoo_cfg
+    assert "overrides" not in zoo.create("mlpmixer_p4", embed_dim=16, num_blocks=1).zoo_cfg
+    assert zoo.create("mlpmixer_p4", patch_size=8, embed_dim=16).zoo_cfg["overrides"] == {
+        "patch_size": {"pinned": 4, "used": 8}
+    }

@@ -19,8 +19,9 @@ How a measurement is made, so that numbers are stable on a noisy machine:
   ``batch_size / p50`` (the median step), and the spread is reported as the latency IQR.
 
 A training step is forward, cross-entropy loss, backward and an Adam step (the seed's
-optimiser) on random data. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``
-(matmuls and convolutions, 2 FLOPs per multiply-add); training counts forward + backward.
+optimiser, fused where torch has the kernel, as training builds it) on random data. FLOPs
+come from ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, 2 FLOPs per
+multiply-add); training counts forward + backward.
 
 How close a model runs to the machine's limit: ``achieved_flops_per_s`` is the model FLOPs of
 a step per image times ``images_per_s``, where a training step counts 3x the forward FLOPs
@@ -28,6 +29,11 @@ a step per image times ``images_per_s``, where a training step counts 3x the for
 forward FLOPs. ``peak_flops_per_s`` is the device's matmul rate in the same dtype at the same
 thread count (:func:`zoo.analysis.peak.peak_flops`, measured once per machine and cached;
 the probe is also recorded in ``env["peak_probe"]``), and ``mfu`` is achieved / peak.
+
+``precision="auto"`` measures each model in the precision a recipe's ``precision: auto``
+would train it in here (:func:`zoo.devices.choose_precision`, timings cached in
+``<zoo home>/precision/``); the record's ``precision`` is the chosen one, and
+``env["precision_choice"]`` says what was requested, what was chosen and why.
 
 Peak memory (``peak_mem_kind`` says which): on CUDA ``torch.cuda.max_memory_allocated``
 over warm-up and timed steps (weights, input, gradients, optimiser state, activations);
@@ -53,7 +59,14 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from zoo.analysis.peak import peak_flops
-from zoo.devices import PRECISIONS, autocast, select_device
+from zoo.devices import (
+    PRECISIONS,
+    RECIPE_PRECISIONS,
+    PrecisionChoice,
+    autocast,
+    fused_optimizer,
+    select_device,
+)
 from zoo.env import environment
 from zoo.errors import ZooError
 
@@ -187,7 +200,7 @@ def _train_step(
     import torch.nn.functional as F
 
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = fused_optimizer(torch.optim.Adam, model.parameters(), lr=1e-3)  # as training
     # fp16 needs loss scaling to train; its cost belongs in the measurement.
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
@@ -309,8 +322,10 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 def _check(mode: str, precision: str, batch_size: int, min_time: float) -> None:
     if mode not in MODES:
         raise BenchError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
-    if precision not in PRECISIONS:
-        raise BenchError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision not in RECIPE_PRECISIONS:
+        raise BenchError(
+            f"unknown precision {precision!r}; choose one of: {', '.join(RECIPE_PRECISIONS)}"
+        )
     if batch_size < 1:
         raise BenchError(f"batch size must be at least 1, got {batch_size}")
     if not min_time >= 0:
@@ -448,6 +463,10 @@ def _measure(
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    choice = None
+    if precision == "auto":
+        choice = _auto_precision(name, net, x, dev, channels_last)
+        precision = choice.chosen
     make_step = (
         (lambda m: _inference_step(m, x, dev, precision))
         if mode == "inference"
@@ -513,8 +532,28 @@ def _measure(
             **environment(str(dev)),
             "peak_flops_per_s": peak["peak_flops_per_s"],
             "peak_probe": {k: peak.get(k) for k in _PROBE_KEYS},
+            **({"precision_choice": choice.to_dict()} if choice is not None else {}),
         },
     )
+
+
+def _auto_precision(
+    name: str, net: nn.Module, x: torch.Tensor, dev: torch.device, channels_last: bool
+) -> PrecisionChoice:
+    """What ``precision: auto`` trains ``net`` in on ``dev`` at ``x``'s batch and shape."""
+    from zoo.devices import choose_precision, training_step
+    from zoo.weights.store import home
+
+    shape = list(x.shape)
+    choice = choose_precision(
+        "auto",
+        str(dev),
+        cache_dir=home() / "precision",
+        step=training_step(net, shape, 2, str(dev), channels_last=channels_last),
+        workload={"model": name, "input": shape, "channels_last": channels_last},
+    )
+    log.info("%s: %s", name, choice.line())
+    return choice
 
 
 # -- many models ---------------------------------------------------------------------------
@@ -596,12 +635,20 @@ def _env_line(records: Sequence[BenchRecord]) -> str:
     peaks = ", ".join(
         sorted({f"{r.precision} {r.peak_flops_per_s / 1e9:,.1f} GFLOP/s" for r in records})
     )
+    chosen = sorted(
+        {
+            f"{r.model} -> {r.precision} ({r.env['precision_choice']['reason']})"
+            for r in records
+            if "precision_choice" in r.env
+        }
+    )
+    auto = f" · precision auto: {'; '.join(chosen)}" if chosen else ""
     return (
         f"torch {env.get('torch')} · {env.get('device_name')} · {env.get('threads')} threads · "
         f"zoo {env.get('zoo_version')} ({env.get('git_sha') or 'no git'}) · {opts} · "
         f"img/s = batch / median step; IQR = spread of step latency; "
         f"peak memory: {records[0].peak_mem_kind}; GFLOP/s = forward FLOPs (x3 for train) "
-        f"x img/s; MFU = GFLOP/s / matmul peak ({peaks})"
+        f"x img/s; MFU = GFLOP/s / matmul peak ({peaks}){auto}"
     )
 
 

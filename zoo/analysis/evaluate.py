@@ -205,7 +205,7 @@ def evaluate_source(source: str, options: EvalOptions = EvalOptions()) -> EvalRe
         _check_geometry(source, config, dataset, [chans, size, size])
     device = select_device(options.device)
     model = factory.create_from_source(str(directory)).eval().to(device)
-    precision = str(recipe.get("precision") or "fp32")
+    precision = runfiles.trained_precision(recipe, summary)
     channels_last = recipe.get("channels_last") is True
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

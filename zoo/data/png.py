@@ -19,6 +19,7 @@ It costs one extra inflate of the image data, a small fraction of decoding it.
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 
@@ -34,6 +35,8 @@ _ADAM7: tuple[tuple[int, int, int, int], ...] = (
 )  # fmt: skip
 _PIECE = 1 << 20  # inflate at most this much at a time
 _SLACK = 1 << 16  # decompressed bytes allowed past the image data
+_CHUNK_HEAD = struct.Struct(">I4s")  # a chunk's length and type
+_CRC = struct.Struct(">I")
 
 
 def png_problem(data: bytes | bytearray, max_pixels: int) -> str | None:
@@ -41,29 +44,28 @@ def png_problem(data: bytes | bytearray, max_pixels: int) -> str | None:
     not (also None when ``data`` is not a PNG at all: that is for the decoder to say)."""
     if not data.startswith(SIGNATURE):
         return None
-    view = memoryview(data)
+    view, size = memoryview(data), len(data)
     ihdr: bytes | None = None
     idat: list[memoryview] = []
     pos, idat_ended = len(SIGNATURE), False
-    while pos < len(data):
-        if pos + 8 > len(data):
+    while pos < size:
+        if pos + 8 > size:
             return "truncated (the file ends inside a chunk header)"
-        length, kind = struct.unpack(">I4s", view[pos : pos + 8])
+        length, kind = _CHUNK_HEAD.unpack_from(data, pos)
         end = pos + 12 + length
-        if end > len(data):
+        if end > size:
             return f"truncated (the {_name(kind)} chunk ends past the end of the file)"
-        body = view[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", view[pos + 8 + length : end])
-        if zlib.crc32(body, zlib.crc32(kind)) != crc:
+        # the CRC covers the chunk's type and body: one crc32 call over both
+        if zlib.crc32(view[pos + 4 : end - 4]) != _CRC.unpack_from(data, end - 4)[0]:
             return f"corrupt (CRC error in the {_name(kind)} chunk)"
         if ihdr is None and kind != b"IHDR":
             return "corrupt (the first chunk is not IHDR)"
         if kind == b"IHDR":
-            ihdr = bytes(body)
+            ihdr = bytes(view[pos + 8 : end - 4])
         elif kind == b"IDAT":
             if idat_ended:
                 return "corrupt (IDAT chunks are not consecutive)"
-            idat.append(body)
+            idat.append(view[pos + 8 : end - 4])
         elif idat:
             idat_ended = True
         if kind == b"IEND":
@@ -83,19 +85,21 @@ def _name(kind: bytes) -> str:
     return kind.decode("latin-1") if kind.isalpha() else repr(kind)
 
 
-def _row_layout(ihdr: bytes, max_pixels: int) -> tuple[list[range], str | None]:
-    """Offsets of every row's filter byte in the inflated data (one range per pass)."""
+@functools.lru_cache(maxsize=64)
+def _row_layout(ihdr: bytes, max_pixels: int) -> tuple[tuple[range, ...], str | None]:
+    """Offsets of every row's filter byte in the inflated data (one range per pass). Cached:
+    a folder's images mostly share one IHDR."""
     if len(ihdr) != 13:
-        return [], f"corrupt (IHDR has {len(ihdr)} bytes, not 13)"
+        return (), f"corrupt (IHDR has {len(ihdr)} bytes, not 13)"
     width, height, depth, colour, method, filtering, interlace = struct.unpack(">IIBBBBB", ihdr)
     if not (width and height) or width >= 1 << 31 or height >= 1 << 31:
-        return [], f"corrupt (IHDR says {width}x{height} pixels)"
+        return (), f"corrupt (IHDR says {width}x{height} pixels)"
     if colour not in _CHANNELS or depth not in _DEPTHS[colour]:
-        return [], f"corrupt (bit depth {depth} with colour type {colour})"
+        return (), f"corrupt (bit depth {depth} with colour type {colour})"
     if method or filtering or interlace > 1:
-        return [], "corrupt (unknown compression, filter or interlace method)"
+        return (), "corrupt (unknown compression, filter or interlace method)"
     if width * height > max_pixels:
-        return [], f"{width}x{height} pixels is more than {max_pixels:,}"
+        return (), f"{width}x{height} pixels is more than {max_pixels:,}"
     bits = _CHANNELS[colour] * depth
     passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
     rows, start = [], 0
@@ -106,26 +110,30 @@ def _row_layout(ihdr: bytes, max_pixels: int) -> tuple[list[range], str | None]:
         stride = 1 + (w * bits + 7) // 8
         rows.append(range(start, start + h * stride, stride))
         start += h * stride
-    return rows, None
+    return tuple(rows), None
 
 
-def _inflate_problem(idat: list[memoryview], rows: list[range]) -> str | None:
+def _inflate_problem(idat: list[memoryview], rows: tuple[range, ...]) -> str | None:
     """Inflate the image data in pieces, checking each row's filter byte on the way."""
     expected = rows[-1].stop
+    # A small image inflates in one piece; asking zlib for at most that much (not _PIECE)
+    # also spares it allocating a large output buffer for every small file.
+    most = min(_PIECE, expected + _SLACK + 1)
     inflater = zlib.decompressobj()
     done = 0  # bytes inflated so far
     try:
         for chunk in idat:
-            piece = inflater.decompress(chunk, _PIECE)
+            piece = inflater.decompress(chunk, most)
             while True:
                 if _bad_filter(piece, done, rows):
                     return "corrupt (a row has an unknown filter type)"
                 done += len(piece)
                 if done > expected + _SLACK:
                     return "corrupt (more image data than the image has pixels)"
-                if not inflater.unconsumed_tail:
+                # a full piece may leave output inside zlib even with no input left
+                if not inflater.unconsumed_tail and len(piece) < most:
                     break
-                piece = inflater.decompress(inflater.unconsumed_tail, _PIECE)
+                piece = inflater.decompress(inflater.unconsumed_tail, most)
             if inflater.eof:
                 break
     except zlib.error as e:
@@ -137,7 +145,7 @@ def _inflate_problem(idat: list[memoryview], rows: list[range]) -> str | None:
     return None
 
 
-def _bad_filter(piece: bytes, offset: int, rows: list[range]) -> bool:
+def _bad_filter(piece: bytes, offset: int, rows: tuple[range, ...]) -> bool:
     """Whether a row starting inside ``piece`` (at ``offset`` of the data) has a filter > 4."""
     end = offset + len(piece)
     for r in rows:

@@ -355,6 +355,11 @@ def build_model(
 
     Unknown kwargs raise :class:`ModelArgumentError` naming the accepted ones; the resolved
     arguments are recorded on ``model.zoo_cfg`` so the model can be rebuilt exactly.
+
+    A caller may override what the variant pins (a recipe's ``mlp_tanh`` with ``activation:
+    relu``): timm and torchvision builders accept that too, and recipes rely on it. The name
+    then no longer says what was built, so ``zoo_cfg["overrides"]`` records each changed pin
+    as ``{"pinned": ..., "used": ...}``; config.json and the model card show it.
     """
     if pretrained:
         raise WeightsError(
@@ -376,10 +381,20 @@ def build_model(
         _check_argument_type(variant, key, value, signature.parameters[key].default)
     bound = signature.bind(**{**pinned, **kwargs})
     bound.apply_defaults()
-    args = {k: list(v) if isinstance(v, tuple) else v for k, v in bound.arguments.items()}
+    args = {k: _plain(v) for k, v in bound.arguments.items()}
     model = cls(**bound.arguments)
     vars(model)["zoo_cfg"] = {"architecture": variant, "args": args}
+    overrides = {
+        k: {"pinned": _plain(v), "used": args[k]} for k, v in pinned.items() if _plain(v) != args[k]
+    }
+    if overrides:
+        vars(model)["zoo_cfg"]["overrides"] = overrides
     return model
+
+
+def _plain(value: Any) -> Any:
+    """A pinned value as ``zoo_cfg`` records arguments (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _check_size(entry: ModelEntry, kwargs: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from zoo.devices import PRECISIONS
+from zoo.devices import RECIPE_PRECISIONS
 from zoo.errors import did_you_mean
 from zoo.recipe.problems import fail, show
 
@@ -107,7 +107,7 @@ CHECKS: dict[str, Callable[[Any, str, str], None]] = {
     "seed": _range(0, 2**32 - 1, fix="use a seed between 0 and 4294967295"),
     "label_smoothing": _range(0, 1, high_open=True, fix="use 0.0 (off) to 0.2"),
     "grad_clip": _range(0, low_open=True, fix="use a positive max norm such as 1.0, or null"),
-    "precision": _choice(PRECISIONS),
+    "precision": _choice(RECIPE_PRECISIONS),
     "device": _regex(DEVICE_RE, "use auto, cpu, cuda, cuda:N or mps"),
     "on_nan": _choice(ON_NAN),
     "limit_train_batches": _POSITIVE_INT,

@@ -122,7 +122,7 @@ def _front_matter(
 
 def _intro(architecture: str, dataset: str | None, name: str, config: dict[str, Any]) -> str:
     lines = [
-        f"`{architecture}` trained with zoo, recipe `{name}`"
+        f"`{architecture}`{_overridden(config)} trained with zoo, recipe `{name}`"
         + (f" on `{dataset}`." if dataset else ".")
     ]
     if config.get("input_size"):
@@ -194,6 +194,20 @@ def _recipe(recipe_text: str | None) -> str:
     )
 
 
+def _overridden(config: dict[str, Any]) -> str:
+    """`` with `activation=relu` in place of the `tanh` it pins`` when the recipe changed what
+    the named variant pins (config.json's ``overrides``), so the name alone does not mislead."""
+    overrides = config.get("overrides")
+    if not isinstance(overrides, dict) or not overrides:
+        return ""
+    parts = [
+        f"`{key}={change.get('used')}` in place of the `{change.get('pinned')}` it pins"
+        for key, change in overrides.items()
+        if isinstance(change, dict)
+    ]
+    return " with " + ", ".join(parts) if parts else ""
+
+
 def _usage(repo: str | None, architecture: str, config: dict[str, Any]) -> str:
     repo_id = repo or "ORG/NAME"
     note = (
@@ -203,7 +217,8 @@ def _usage(repo: str | None, architecture: str, config: dict[str, Any]) -> str:
         "it with `zoo push DIR ORG/NAME` and then:"
     )
     text = (
-        f"## Usage{note}\n\nWith zoo (rebuilds `{architecture}` and loads the weights strictly):"
+        f"## Usage{note}\n\nWith zoo (rebuilds `{architecture}`{_overridden(config)} and loads "
+        "the weights strictly):"
         f'\n\n```python\nimport zoo\n\nmodel = zoo.create("hf-hub:{repo_id}").eval()\n```\n\n'
         "Without zoo: the weights are a plain safetensors state dict and `config.json` "
         "says how to build the architecture and normalise inputs.\n\n```python\n"

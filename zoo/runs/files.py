@@ -7,7 +7,7 @@ holds::
     metrics.jsonl   one JSON object per finished epoch
     checkpoints/    last.json + last.safetensors (zoo.training.checkpoint)
     model.safetensors, config.json                                 (zoo.weights.files)
-    summary.json    test metrics, best epoch, environment          (written last: marks done)
+    summary.json    test metrics, best epoch, precision, environment (written last: marks done)
     README.md       the model card (zoo.runs.card), curves.png (zoo.runs.plots)
     sweep.json      in a sweep's root: its points and their state (zoo.training.sweep)
 
@@ -30,6 +30,7 @@ from typing import Any, overload
 from zoo._fs import read_capped, remove_entry
 from zoo._io import atomic_write_json, atomic_write_text
 from zoo._yaml import parse_yaml
+from zoo.devices import PRECISIONS
 from zoo.errors import RecipeError, RunError
 
 __all__ = [
@@ -49,11 +50,13 @@ __all__ = [
     "claim_run_dir",
     "default_run_dir",
     "is_run_dir",
+    "never_started",
     "read_json",
     "read_metrics",
     "read_recipe_data",
     "read_recipe_text",
     "read_text",
+    "trained_precision",
     "write_errors",
     "write_metrics",
     "write_recipe",
@@ -112,8 +115,19 @@ def claim_run_dir(run_dir: Path, force: bool) -> None:
 
 
 def _has_entries(run_dir: Path) -> bool:
-    """Whether ``run_dir`` is a directory holding anything but its lock."""
-    return run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir())
+    """Whether ``run_dir`` is a directory holding anything of a run (see :func:`never_started`)."""
+    return run_dir.is_dir() and not never_started(run_dir)
+
+
+def never_started(run_dir: Path) -> bool:
+    """Whether the directory ``run_dir`` holds nothing of a run: at most its lock and the
+    temporary files of atomic writes that a kill cut short (``.recipe.yaml.*.tmp``), as a
+    run killed before it recorded its recipe leaves. Such a directory takes a new run
+    without ``--force``."""
+    return all(
+        p.name == LOCK_NAME or (p.name.startswith(".") and p.name.endswith(".tmp"))
+        for p in run_dir.iterdir()
+    )
 
 
 def check_run_dir(run_dir: Path, force: bool) -> None:
@@ -284,6 +298,18 @@ def write_metrics(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     standard JSON ``null``, never as a bare ``NaN`` other readers refuse."""
     text = "".join(json.dumps(_finite(r), allow_nan=False) + "\n" for r in rows)
     atomic_write_text(Path(run_dir) / METRICS_NAME, text)
+
+
+def trained_precision(recipe: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    """The precision a run computed in: summary.json's ``precision.chosen`` (zoo records
+    what ``precision: auto`` chose), else the recipe's ``precision``; runs from before
+    ``auto`` existed say fp32 or nothing (fp32 was the default)."""
+    recorded = summary.get("precision")
+    chosen = recorded.get("chosen") if isinstance(recorded, Mapping) else None
+    if chosen in PRECISIONS:
+        return str(chosen)
+    stated = recipe.get("precision")
+    return str(stated) if stated in ("bf16", "fp16") else "fp32"
 
 
 def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> None:

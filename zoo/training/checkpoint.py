@@ -45,6 +45,7 @@ __all__ = [
     "join_tensors",
     "load_best",
     "load_checkpoint",
+    "load_record",
     "save_best",
     "save_checkpoint",
     "set_rng_state",
@@ -172,6 +173,42 @@ def save_checkpoint(directory: str | Path, state: Mapping[str, Any], epoch: int)
     return directory / JSON_NAME
 
 
+def load_record(directory: str | Path) -> tuple[dict[str, Any], int]:
+    """The JSON part of the checkpoint in ``directory``, without reading its tensors:
+    ``(state, epoch)`` with ``{"__tensor__": key}`` where tensors go. Raises as
+    :func:`load_checkpoint` does."""
+    directory = Path(directory)
+    record = _read_record(directory)
+    try:
+        state, epoch = record["state"], int(record["epoch"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise RunError(
+            f"checkpoint {directory / JSON_NAME} is malformed ({e!r}); start the run again"
+        ) from None
+    if not isinstance(state, dict):
+        raise RunError(f"checkpoint {directory / JSON_NAME} is malformed; start the run again")
+    return state, epoch
+
+
+def _read_record(directory: Path) -> dict[str, Any]:
+    """last.json of ``directory``, checked as far as naming its tensors file."""
+    path = directory / JSON_NAME
+    try:
+        check_dir(directory, error=RunError, verb="resume from")
+        record = json.loads(read_capped(path, MAX_RECORD_BYTES, inside=directory, error=RunError))
+        if not re.fullmatch(r"epoch-\d+\.safetensors", record["tensors_file"]):
+            raise ValueError(f"tensors_file {record['tensors_file']!r} is not a checkpoint name")
+        return dict(record)
+    except FileNotFoundError as e:
+        raise RunError(
+            f"no complete checkpoint in {directory} ({e.filename} is missing): the run did not "
+            "finish an epoch; start it again, without --resume and with --force to reuse its "
+            "directory"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: bad JSON too
+        raise RunError(f"checkpoint {path} is unreadable ({e}); start the run again") from None
+
+
 def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], int]:
     """Read the checkpoint in ``directory``: ``(state, epoch)``. Tensors are on the CPU.
     A missing, truncated or mismatched checkpoint raises :class:`RunError`."""
@@ -180,11 +217,8 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], int]:
 
     directory = Path(directory)
     path = directory / JSON_NAME
+    record = _read_record(directory)
     try:
-        check_dir(directory, error=RunError, verb="resume from")
-        record = json.loads(read_capped(path, MAX_RECORD_BYTES, inside=directory, error=RunError))
-        if not re.fullmatch(r"epoch-\d+\.safetensors", record["tensors_file"]):
-            raise ValueError(f"tensors_file {record['tensors_file']!r} is not a checkpoint name")
         blob = read_capped(directory / record["tensors_file"], MAX_TENSOR_BYTES, error=RunError)
     except FileNotFoundError as e:
         raise RunError(
@@ -192,7 +226,7 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], int]:
             "finish an epoch; start it again, without --resume and with --force to reuse its "
             "directory"
         ) from None
-    except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: bad JSON too
+    except OSError as e:
         raise RunError(f"checkpoint {path} is unreadable ({e}); start the run again") from None
     if hashlib.sha256(blob).hexdigest() != record.get("sha256"):
         raise RunError(

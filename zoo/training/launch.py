@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
@@ -14,17 +15,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.devices import autocast_dtype, select_device
+from zoo.devices import check_precision, select_device
 from zoo.errors import RecipeError, RunError
 from zoo.runs.lock import command_line, run_lock
 from zoo.training import distributed
 from zoo.training.loop import (
     RunOptions,
+    Terminated,
     TrainingInterrupted,
     build_data,
     fit,
     model_for,
+    resume_command,
     steps_per_epoch,
+    stopped,
 )
 from zoo.training.optim import build_optimizer
 from zoo.training.rundir import default_run_dir
@@ -40,8 +44,15 @@ log = logging.getLogger("zoo.training.loop")  # the trainer's logger, shown by t
 
 def run_recipe(recipe: Recipe | None, options: RunOptions = RunOptions()) -> Path:
     """Train a recipe, or every point of its sweep; return the run or sweep directory.
-    ``recipe`` may be None when resuming. SIGTERM (a batch scheduler's stop) is handled like
-    Ctrl-C: the last complete epoch stays checkpointed and the error says how to continue."""
+    ``recipe`` may be None when resuming.
+
+    Stopping, at any phase: Ctrl-C and SIGTERM (a batch scheduler's stop) end in one
+    :class:`~zoo.training.loop.TrainingInterrupted` that says what is kept and the exact
+    command that continues (exit 130 for Ctrl-C, 143 for SIGTERM). During the epochs the
+    trainer stops at a safe point (:func:`~zoo.training.loop.fit` says which and why they
+    differ); before and after them (loading, test evaluation, export, card, between sweep
+    points) it stops at once, since the writes there are atomic and ``--resume`` redoes an
+    interrupted finishing step."""
     with _sigterm_as_interrupt():
         return _run_recipe(recipe, options)
 
@@ -51,11 +62,15 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
 
 
 def _run_recipe(recipe: Recipe | None, options: RunOptions) -> Path:
@@ -66,6 +81,21 @@ def _run_recipe(recipe: Recipe | None, options: RunOptions) -> Path:
             f"({resume}); drop --out (copy the result elsewhere with `zoo export {resume} --out "
             "DIR` once it is done)"
         )
+    # Name the directory now, so that a stop can say which one continues (under torchrun
+    # rank 0 picks the name and shares it: fit does that).
+    single = not distributed.from_env().enabled
+    if recipe is not None and resume is None and options.out_dir is None and single:
+        _check_shard(options.shard, bool(recipe.sweep), None)  # shards need an explicit --out
+        options = dataclasses.replace(options, out_dir=default_run_dir(recipe))
+    target = resume if resume is not None else options.out_dir
+    try:
+        return _train_or_sweep(recipe, options)
+    except KeyboardInterrupt as e:  # outside the epochs: loading, test, finishing, a sweep
+        raise _interrupted(e, target, recipe, options) from None
+
+
+def _train_or_sweep(recipe: Recipe | None, options: RunOptions) -> Path:
+    resume = options.resume
     is_sweep = (recipe is not None and bool(recipe.sweep)) or (
         resume is not None and (Path(resume) / "sweep.json").is_file()
     )
@@ -76,25 +106,39 @@ def _run_recipe(recipe: Recipe | None, options: RunOptions) -> Path:
     _check_shard(options.shard, False, options.out_dir)
     target = resume if resume is not None else options.out_dir
     if target is None or not distributed.from_env().is_main:
-        return fit(recipe, options)  # a fresh timestamped directory, or rank 0 holds the lock
+        return fit(recipe, options)  # torchrun's timestamped directory, or rank 0 holds the lock
     with run_lock(target, "train into", command=command_line()):
         if resume is not None:
             recipe, options = _resume_plan(recipe, options)
-        try:
-            return fit(recipe, options)
-        except KeyboardInterrupt:  # outside the epochs (loading, test, finishing): say how on
-            raise TrainingInterrupted(
-                f"stopped by the user; continue with `zoo train --resume {target}` (it redoes "
-                "what was interrupted)"
-            ) from None
+        return fit(recipe, options)
+
+
+def _interrupted(
+    stop: KeyboardInterrupt, target: str | Path | None, recipe: Recipe | None, options: RunOptions
+) -> TrainingInterrupted:
+    """What a stop outside the epochs keeps, and the command that continues: ``--resume``
+    once the directory records the run's recipe (it redoes what was interrupted), else the
+    same command again (nothing of this run was written yet)."""
+    from zoo.runs import files
+
+    if target is None:
+        return stopped(stop, "nothing was checkpointed", "zoo train --resume RUN_DIR")
+    target = Path(target)
+    recorded = None
+    with contextlib.suppress(RunError, OSError):
+        recorded = files.read_recipe_text(target)
+    if options.resume is None and (recipe is None or recorded != recipe.to_yaml()):
+        return stopped(stop, f"nothing of this run was written to {target}", command_line())
+    world = distributed.from_env().world_size
+    command = resume_command(target, options.device, world)
+    kept = f"what {target} holds is kept, and --resume redoes what was interrupted"
+    return stopped(stop, kept, command)
 
 
 def _resume_plan(recipe: Recipe | None, options: RunOptions) -> tuple[Recipe, RunOptions]:
     """What ``--resume RUN`` does: continue from the checkpoint, refusing fewer ``epochs``
     than it holds; with no complete checkpoint (killed during the first epoch), start RUN over
     from its own recorded recipe, and say so."""
-    import dataclasses
-
     from zoo.runs import files
     from zoo.training.checkpoint import CHECKPOINT_DIR, JSON_NAME
     from zoo.training.rundir import resume_recipe
@@ -148,7 +192,7 @@ def plan(
     from zoo.recipe import expand_sweep, shard_points
 
     dev = select_device(device or recipe.device)
-    autocast_dtype(recipe.precision, dev.split(":")[0])
+    check_precision(recipe.precision, dev.split(":")[0])
     root = Path(out_dir) if out_dir is not None else default_run_dir(recipe)
     points = expand_sweep(recipe) if recipe.sweep else []
     _check_shard(shard, bool(points), out_dir)  # --dry-run refuses what the run refuses

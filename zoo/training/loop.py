@@ -6,7 +6,8 @@ directory (:mod:`zoo.runs.files`)::
 
     recipe.yaml  metrics.jsonl  summary.json  checkpoints/  model.safetensors  config.json
 
-Around the loop: :mod:`zoo.devices` picks the device and precision,
+Around the loop: :mod:`zoo.devices` picks the device, :mod:`zoo.training.precision` the
+precision (``auto``: the fastest, measured once per machine and recorded in the run),
 :mod:`zoo.training.optim` builds the optimizer and its per-iteration schedule,
 :mod:`zoo.training.evaluation` measures a split, :mod:`zoo.training.rundir` resumes and
 finishes run directories, and :mod:`zoo.training.launch` trains a whole sweep or plans a dry
@@ -39,11 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.devices import autocast_dtype, select_device
+from zoo.devices import PrecisionChoice, autocast_dtype, check_precision, select_device
 from zoo.errors import RecipeError, RunError, TrainingError
 from zoo.runs import files
 from zoo.runs.files import check_run_dir, claim_run_dir, read_metrics, write_errors
-from zoo.training import distributed
+from zoo.training import distributed, precision
 from zoo.training.best import BestTracker
 from zoo.training.checkpoint import CHECKPOINT_DIR, get_rng_state, load_checkpoint, set_rng_state
 from zoo.training.checkpoint import save_checkpoint as _save_checkpoint
@@ -68,13 +69,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RunOptions",
+    "Terminated",
     "TrainState",
     "TrainingInterrupted",
     "build_data",
     "fit",
     "model_for",
+    "resume_command",
     "setup_run",
     "steps_per_epoch",
+    "stopped",
     "train_epoch",
 ]
 
@@ -91,7 +95,8 @@ class RunOptions:
     refused unless ``force``. ``resume`` continues the run (or sweep) in that directory
     (recipe None: its own recipe). ``device`` overrides the recipe's. ``progress`` receives
     event dicts ("start", "step", "epoch", "end"); default: log lines. ``shard=(i, n)`` runs
-    slice i of n of a sweep's points.
+    slice i of n of a sweep's points. ``continue_with`` is the command a stopped run names to
+    continue it (default ``zoo train --resume RUN``; a sweep point names the sweep's).
     """
 
     out_dir: str | Path | None = None
@@ -100,12 +105,42 @@ class RunOptions:
     force: bool = False
     progress: Progress | Sequence[Progress] | None = None
     shard: tuple[int, int] | None = None
+    continue_with: str | None = None  # the command a stop names (a sweep point: the sweep's)
 
 
 class TrainingInterrupted(TrainingError):
-    """The user stopped training (Ctrl-C); the last complete epoch is checkpointed."""
+    """The user stopped training (Ctrl-C, exit 130) or a scheduler did (SIGTERM, exit 143);
+    the last complete epoch is checkpointed and the message names the command that
+    continues."""
 
     exit_code = 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM stopping work at once: raised where Ctrl-C raises KeyboardInterrupt, so every
+    ``except KeyboardInterrupt`` that keeps a run resumable handles it too."""
+
+
+def resume_command(run_dir: str | Path, device: str | None = None, world_size: int = 1) -> str:
+    """The exact command that continues ``run_dir`` (the run records its own recipe)."""
+    import shlex
+
+    zoo = f"torchrun --nproc-per-node {world_size} -m zoo" if world_size > 1 else "zoo"
+    tail = f" --device {shlex.quote(device)}" if device else ""
+    return f"{zoo} train --resume {shlex.quote(str(run_dir))}{tail}"
+
+
+def stopped(stop: BaseException | None, kept: str, command: str) -> TrainingInterrupted:
+    """The error a stopped run ends with: what stopped it (``stop``: a :class:`Terminated`
+    means SIGTERM), what is ``kept``, and the ``command`` that continues."""
+    by_sigterm = isinstance(stop, Terminated)
+    error = TrainingInterrupted(
+        f"training stopped by {'SIGTERM' if by_sigterm else 'the user'}; {kept}. "
+        f"Continue with `{command}`"
+    )
+    if by_sigterm:
+        error.exit_code = 128 + signal.SIGTERM  # 143, what schedulers expect of a terminated job
+    return error
 
 
 # -- small pure decisions ------------------------------------------------------------------
@@ -269,13 +304,14 @@ class TrainState:
     scaler: Any  # torch.amp.GradScaler for fp16, else None
     device: str
     amp_dtype: torch.dtype | None
+    precision: PrecisionChoice  # what the recipe asked for, what the run computes in, why
     steps: int  # training batches per epoch (optimizer steps x optim.grad_accum_steps)
     run_dir: Path
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     best_valid_acc: float = -1.0
     wall_time_s: float = 0.0
-    stop_requested: bool = False
+    stop_signal: str | None = None  # "SIGINT" or "SIGTERM" once one asked training to stop
     best: BestTracker = field(default_factory=BestTracker)  # checkpoint.monitor, early stopping
     test_weights: str = "final"  # which weights _finish tests and exports
     stop_reason: str | None = None  # why training ended before recipe.epochs
@@ -335,6 +371,8 @@ def train_epoch(run: TrainState, epoch: int, progress: Progress) -> dict[str, fl
     loss_sum, correct, seen, skipped, has_grad = 0.0, 0, 0, 0, False
     start = time.perf_counter()
     for step, (x, y) in enumerate(itertools.islice(stream, run.steps), start=1):
+        if run.stop_signal == "SIGTERM":  # no more training work: see _stop_on_signals
+            raise Terminated
         first, last, group = accumulation_group(step, run.steps, accum)
         if first:
             run.optimizer.zero_grad(set_to_none=True)
@@ -448,15 +486,16 @@ def _on_bad_loss(run: TrainState, value: float, epoch: int, step: int) -> None:
         if last >= 1
         else "no epoch had finished, so there is no checkpoint"
     )
-    precision = (
-        f" or low precision (precision is {r.precision}: try --set precision=fp32)"
-        if r.precision != "fp32"
+    chosen = run.precision.chosen
+    advice = (
+        f" or low precision (precision is {chosen}: try --set precision=fp32)"
+        if chosen != "fp32"
         else ""
     )
     raise TrainingError(
         f"loss is {value} at epoch {epoch}, step {step} of {run.steps}; {kept}. Usual causes: "
         f"a learning rate too high (optim.lr is {r.optim.lr}: try "
-        f"--set optim.lr={r.optim.lr / 10:g}){precision}; "
+        f"--set optim.lr={r.optim.lr / 10:g}){advice}; "
         "--set on_nan=skip skips such steps instead"
     )
 
@@ -498,6 +537,7 @@ def _checkpoint_state(run: TrainState) -> dict[str, Any]:
         "ema": run.regularise.state(),
         "wall_time_s": run.wall_time_s,
         "recipe_hash": run.recipe.hash(),
+        "precision": run.precision.to_dict(),  # a resumed run computes as this one did
         **({"world_size": run.dist.world_size} if run.dist.enabled else {}),
     }
 
@@ -563,26 +603,46 @@ def _save_best(run: TrainState, epoch: int) -> None:
 
 
 @contextlib.contextmanager
-def _stop_on_sigint(run: TrainState) -> Iterator[None]:
-    """First Ctrl-C: finish this epoch, checkpoint it, stop. Second: stop at once (the
-    previous epoch's checkpoint stays)."""
+def _stop_on_signals(run: TrainState) -> Iterator[None]:
+    """How the epochs stop. First Ctrl-C: finish this epoch, checkpoint it, stop. First
+    SIGTERM: start no more training batches; an epoch whose batches are all done is still
+    validated and checkpointed (seconds), then stop. A second signal of either kind: stop at
+    once; the last complete checkpoint stays.
+
+    Why SIGTERM does not finish the epoch like Ctrl-C: it is how SLURM (at the time limit or
+    on scancel) and Kubernetes (on eviction) stop a job, and they follow it with SIGKILL after
+    a grace period (30 s by default in both), usually shorter than an epoch. Checkpoints hold
+    whole epochs, so waiting cannot save the part of an epoch already trained; an epoch cut
+    by the SIGKILL would lose the same work and also the exit status, the released run lock
+    and the line saying how to continue. So, like Lightning (which stops at the next batch on
+    SIGTERM), stop promptly at a batch boundary, exit 143 and name ``zoo train --resume RUN``,
+    which a requeued job runs to end with the weights of an uninterrupted run.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if run.stop_requested:
-            raise KeyboardInterrupt
-        run.stop_requested = True
-        log.warning(
-            "Ctrl-C: stopping after this epoch is checkpointed; press Ctrl-C again to stop now"
-        )
+        name = signal.Signals(signum).name
+        if run.stop_signal is not None:
+            raise Terminated if name == "SIGTERM" else KeyboardInterrupt
+        run.stop_signal = name
+        if name == "SIGTERM":
+            log.warning(
+                "SIGTERM: stopping at the next batch; the last complete epoch stays "
+                "checkpointed; a second signal stops at once"
+            )
+        else:
+            log.warning(
+                "Ctrl-C: stopping after this epoch is checkpointed; press Ctrl-C again to stop now"
+            )
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, before in previous.items():
+            signal.signal(s, before)
 
 
 # -- fit -----------------------------------------------------------------------------------
@@ -598,11 +658,17 @@ def _seed_everything(seed: int) -> None:
 
 
 def setup_run(
-    recipe: Recipe, data: DataBundle, device: str, run_dir: Path, dist: Dist = SINGLE
+    recipe: Recipe,
+    data: DataBundle,
+    device: str,
+    run_dir: Path,
+    dist: Dist = SINGLE,
+    chosen: PrecisionChoice | None = None,
 ) -> TrainState:
     """Model, optimizer, schedule and precision for ``recipe``: a :class:`TrainState` ready for
     :func:`train_epoch` (seed torch first for a reproducible initialisation). Under
-    torchrun (``dist``), the model trains wrapped in DistributedDataParallel."""
+    torchrun (``dist``), the model trains wrapped in DistributedDataParallel. ``chosen``: the
+    precision to train in (a resumed run's); None chooses (``auto`` measures the model)."""
     import torch
 
     from zoo.training.finetune import freeze
@@ -615,6 +681,10 @@ def setup_run(
     test_weights = _test_weights(recipe, data)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    batch_size = distributed.rank_batch_size(
+        recipe.data.batch_size, recipe.data.batch_size_mode, dist.world_size
+    )
+    chosen = chosen or precision.choose(recipe, model, data, device, batch_size, dist)
     forward: Any = distributed.wrap(model, device) if dist.enabled else model
     forward = torch.compile(forward) if recipe.compile else forward
     optimizer = build_optimizer(model, recipe.optim)
@@ -634,9 +704,10 @@ def setup_run(
         scheduler=build_scheduler(
             optimizer, recipe, optimizer_steps(steps, recipe.optim.grad_accum_steps)
         ),
-        scaler=torch.amp.GradScaler("cuda") if recipe.precision == "fp16" else None,
+        scaler=torch.amp.GradScaler("cuda") if chosen.chosen == "fp16" else None,
         device=device,
-        amp_dtype=autocast_dtype(recipe.precision, device_type),
+        amp_dtype=autocast_dtype(chosen.chosen, device_type),
+        precision=chosen,
         steps=steps,
         run_dir=run_dir,
         dist=dist,
@@ -678,18 +749,20 @@ def fit(
             check_run_dir(run_dir, force)  # refuse now; create it only once setup has worked
     report = combine(options.progress) if place.is_main else _silent
     dev = select_device(device or recipe.device)
-    autocast_dtype(recipe.precision, dev.split(":")[0])  # fail before loading data
+    check_precision(recipe.precision, dev.split(":")[0])  # fail before loading data
     place, dev = distributed.setup(dev)
     if resume is None and out_dir is None:
         run_dir = distributed.broadcast_object(run_dir)  # rank 0's timestamp
     _seed_everything(recipe.seed)
+    chosen = precision.resumed(run_dir, recipe) if resume is not None else None
     data = data if data is not None else build_data(recipe, dev)
-    run = setup_run(recipe, data, dev, run_dir, place)
+    run = setup_run(recipe, data, dev, run_dir, place, chosen)
     first = 1
     if resume is not None:
         first = _restore(run) + 1
         if place.is_main:
             log.info("resuming %s after epoch %d of %d", run_dir, first - 1, recipe.epochs)
+            log.info("%s", run.precision.line())
     elif place.is_main:
         claim_run_dir(run_dir, force)
         files.write_recipe(run_dir, recipe.to_yaml())
@@ -705,8 +778,9 @@ def fit(
             "steps": run.steps,
         }
     )
-    with _stop_on_sigint(run):
-        _train(run, first, report, lambda: prior + time.perf_counter() - started)
+    command = options.continue_with or resume_command(run_dir, options.device, place.world_size)
+    with _stop_on_signals(run):
+        _train(run, first, report, lambda: prior + time.perf_counter() - started, command)
     with write_errors(run.run_dir, "the final weights", recipe.epochs):
         summary = _finish(run, sweep_values, prior + time.perf_counter() - started)
     distributed.barrier()  # on every rank, fit returns once summary.json is written
@@ -720,7 +794,9 @@ def _silent(event: Mapping[str, Any]) -> None:
     """The progress of ranks other than 0: rank 0 reports for the job."""
 
 
-def _train(run: TrainState, first: int, report: Progress, elapsed: Callable[[], float]) -> None:
+def _train(
+    run: TrainState, first: int, report: Progress, elapsed: Callable[[], float], command: str
+) -> None:
     r = run.recipe
     done = first - 1  # last checkpointed epoch
     try:
@@ -757,14 +833,15 @@ def _train(run: TrainState, first: int, report: Progress, elapsed: Callable[[], 
                         _save_best(run, epoch)  # after the checkpoint: see _restore_best_weights
             done = epoch
             report({"event": "epoch", "epochs": r.epochs, **metrics})
-            if run.stop_requested and epoch < r.epochs:
-                raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        where = f"epoch {done} is checkpointed" if done else "no epoch had finished"
-        raise TrainingInterrupted(
-            f"training stopped by the user; {where}. Continue with "
-            f"`zoo train --resume {run.run_dir}`"
-        ) from None
+            if run.stop_signal == "SIGTERM" or (run.stop_signal and epoch < r.epochs):
+                raise Terminated if run.stop_signal == "SIGTERM" else KeyboardInterrupt
+    except KeyboardInterrupt as e:
+        kept = (
+            f"epoch {done} is checkpointed"
+            if done
+            else "no epoch had finished, so it starts over from its recorded recipe"
+        )
+        raise stopped(e, kept, command) from None
 
 
 def _validate_ema(run: TrainState) -> dict[str, float]:
@@ -811,6 +888,7 @@ def _finish(
         "params": sum(p.numel() for p in run.model.parameters()),
         "wall_time_s": wall_time_s,
         "recipe_hash": r.hash(),
+        "precision": run.precision.to_dict(),
         "sweep_values": dict(sweep_values) if sweep_values is not None else None,
         "env": environment(run.device),
     }

@@ -37,6 +37,13 @@ def resume_recipe(run_dir: Path, recipe: Recipe | None) -> Recipe:
 
     path = run_dir / files.RECIPE_NAME
     if not path.is_file():
+        if run_dir.is_dir() and files.never_started(run_dir):
+            # killed between creating the directory and recording the recipe: nothing to redo
+            raise RunError(
+                f"cannot resume {run_dir}: it holds no recipe.yaml (a run stopped before "
+                f"recording it), so nothing was trained; start it with `zoo train RECIPE --out "
+                f"{run_dir}`"
+            )
         raise RunError(f"cannot resume {run_dir}: it holds no recipe.yaml, so it is not a zoo run")
     files.check_recipe(run_dir)  # an edited recipe.yaml is not the recipe that trained
     stored = load_recipe(path)

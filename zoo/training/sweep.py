@@ -23,7 +23,7 @@ from zoo.runs import files
 from zoo.runs.files import claim_run_dir
 from zoo.runs.lock import command_line, run_lock
 from zoo.training.checkpoint import CHECKPOINT_DIR, JSON_NAME
-from zoo.training.loop import RunOptions, TrainingInterrupted, fit
+from zoo.training.loop import RunOptions, TrainingInterrupted, fit, resume_command, stopped
 from zoo.training.rundir import AfterRunError, after_run, default_run_dir, resume_recipe
 
 if TYPE_CHECKING:
@@ -60,6 +60,9 @@ def run_sweep(recipe: Recipe | None, options: RunOptions) -> Path:
     mine = shard_points(points, *shard) if shard else points
     failed: dict[int, str] = {}
     unfinished: list[str] = []
+    continue_with = resume_command(root, device, place.world_size)  # what a stop names
+    if shard is not None and shard[1] > 1:
+        continue_with += f" --shard {shard[0]}/{shard[1]}"
     write_index = write_sweep_index if place.is_main else _no_index
     write_index(root, recipe, points, failed)
     for point in mine:
@@ -81,18 +84,17 @@ def run_sweep(recipe: Recipe | None, options: RunOptions) -> Path:
                 resume=point_dir if resumable else None,
                 force=force or resume is not None,  # a resumed sweep restarts unfinished points
                 shard=None,
+                continue_with=continue_with,
             )
             with run_lock(point_dir, command=command_line()) if place.is_main else _nothing():
                 fit(point.recipe, point_options, sweep_values=dict(point.values))
         except TrainingInterrupted:
             write_index(root, recipe, points, failed)
             raise
-        except KeyboardInterrupt:  # while the point was tested or finished
+        except KeyboardInterrupt as e:  # while the point was tested or finished
             write_index(root, recipe, points, failed)
-            raise TrainingInterrupted(
-                f"stopped by the user during sweep point {point.name}; continue with "
-                f"`zoo train --resume {root}` (it redoes what was interrupted)"
-            ) from None
+            kept = f"sweep point {point.name} was interrupted, and --resume redoes it"
+            raise stopped(e, kept, continue_with) from None
         except TrainingError as e:  # one diverging point must not end the sweep
             failed[point.index] = str(e)
             log.error("sweep point %s failed: %s", point.name, e)

@@ -7,7 +7,10 @@ holds at least these two files::
     config.json         {"architecture", "model_args", "num_classes", "input_size",
                          "mean", "std", "label_names", "interpolation", "crop_pct",
                          "crop_mode", "distribution", "distribution_version",
-                         "zoo_version"}
+                         "zoo_version"}, and "overrides" when model_args change
+                         what the named variant pins ({"activation": {"pinned": "tanh",
+                         "used": "relu"}}): the name says how to rebuild, model_args
+                         what was built
 
 A model loaded by :func:`load_model_dir` carries that data config as ``model.pretrained_cfg``
 (timm's keys, over the builder's defaults), so ``zoo predict`` and
@@ -135,6 +138,8 @@ def model_config(
     config.update({k: preprocessing[k] for k in PREPROCESSING_KEYS if preprocessing.get(k)})
     if cfg.get("imports"):  # scripts or modules that register the architecture (--import)
         config["imports"] = list(cfg["imports"])
+    if cfg.get("overrides"):  # pins of the named variant that model_args change
+        config["overrides"] = dict(cfg["overrides"])
     if cfg["architecture"].startswith(_TIMM_PREFIX):
         config.update(_timm_hub_fields(model, config))
     return config
