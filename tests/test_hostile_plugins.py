@@ -114,7 +114,12 @@ def test_fast_plugins_do_not_trigger_the_watchdog(
     assert "still importing" not in caplog.text
 
 
-@pytest.mark.parametrize("value, expected", [("", 30.0), ("abc", 30.0), ("-1", 30.0), ("2", 2.0)])
+@pytest.mark.parametrize(
+    "value, expected",
+    [("", 30.0), ("abc", 30.0), ("-1", 30.0), ("2", 2.0), ("86400", 86400.0)]
+    # past what threading.Timer can wait (1e10 overflowed it in every plugin's watchdog)
+    + [(bad, 30.0) for bad in ("nan", "inf", "1e10", "1e400")],
+)
 def test_plugin_timeout_setting(
     monkeypatch: pytest.MonkeyPatch, value: str, expected: float
 ) -> None:

@@ -145,7 +145,44 @@ def test_oversized_metrics_are_refused_by_resume(tmp_path: Path) -> None:
         files.read_metrics(run)
 
 
+NESTED = "[" * 100_000 + "]" * 100_000  # 200 KB: under every cap, past Python's recursion
+HUGE_INT = "9" * 5_000  # past Python's int-from-text digit limit
+
+
+@pytest.mark.parametrize("payload", [NESTED, '{"epoch": ' + HUGE_INT + "}"])
+@pytest.mark.parametrize("name", ["config.json", "summary.json", "metrics.jsonl"])
+def test_json_nested_too_deep_or_with_a_huge_integer_is_one_line(
+    tmp_path: Path, name: str, payload: str
+) -> None:
+    """json.loads raises RecursionError or a digit-limit ValueError on these, not a
+    JSONDecodeError: every run-file reader answers them as a damaged file."""
+    from zoo.runs import files
+
+    run, _ = make_run(tmp_path / "run")
+    (run / name).write_text(payload + "\n")
+    if name == "config.json":
+        assert_refused(invoke("export", str(run), "--out", str(tmp_path / "x")), "config.json")
+        with pytest.raises(ZooError, match=r"config\.json"):
+            zoo.create(str(run))
+    elif name == "summary.json":
+        with pytest.raises(ZooError, match=r"summary\.json"):
+            files.read_json(run / name)
+    else:
+        assert_refused(invoke("plot", str(run), "--out", str(tmp_path / "p")), "metrics.jsonl")
+
+
 # -- models and benchmark steps are estimated before allocating -----------------------------
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["-b", str(10**20)], "batch size must be between 1 and"),  # torch overflowed
+        (["--min-time", "1e308"], "min_time must be between 0 and 3600"),  # timed for ever
+    ],
+)
+def test_bench_numbers_past_any_machine_are_one_line(args: list[str], fragment: str) -> None:
+    assert_refused(invoke("bench", "mlp_relu", "--device", "cpu", *args), fragment)
 
 
 def test_create_with_a_billion_classes_is_refused_with_the_estimate() -> None:

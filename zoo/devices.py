@@ -332,7 +332,7 @@ def _read_cache(path: Path, key: Mapping[str, Any]) -> dict[str, Any] | None:
         record = json.loads(read_capped(path, _MAX_CACHE_BYTES))
     except FileNotFoundError:
         return None
-    except (ZooError, OSError, ValueError) as e:
+    except (ZooError, OSError, ValueError, RecursionError) as e:
         log.warning("ignoring the unreadable precision cache %s (%s); measuring again", path, e)
         return None
     if (

@@ -319,6 +319,10 @@ def _percentile(values: Sequence[float], q: float) -> float:
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+MAX_BATCH = 1 << 24  # far past any device's memory: the size estimate refuses well before
+MAX_MIN_TIME = 3600.0  # an hour of timed steps per measurement
+
+
 def _check(mode: str, precision: str, batch_size: int, min_time: float) -> None:
     if mode not in MODES:
         raise BenchError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
@@ -326,10 +330,10 @@ def _check(mode: str, precision: str, batch_size: int, min_time: float) -> None:
         raise BenchError(
             f"unknown precision {precision!r}; choose one of: {', '.join(RECIPE_PRECISIONS)}"
         )
-    if batch_size < 1:
-        raise BenchError(f"batch size must be at least 1, got {batch_size}")
-    if not min_time >= 0:
-        raise BenchError(f"min_time must be a non-negative number of seconds, got {min_time}")
+    if not 1 <= batch_size <= MAX_BATCH:  # past int64 tensor sizes torch overflows
+        raise BenchError(f"batch size must be between 1 and {MAX_BATCH:,}, got {batch_size}")
+    if not 0 <= min_time <= MAX_MIN_TIME:
+        raise BenchError(f"min_time must be between 0 and {MAX_MIN_TIME:g} seconds, got {min_time}")
 
 
 def measure(

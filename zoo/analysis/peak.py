@@ -126,7 +126,7 @@ def _read(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
         value = float(record["peak_flops_per_s"])
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
         log.warning("ignoring the unreadable peak cache %s (%s); measuring again", path, exc)
         return None
     if record.get("key") != key or not (math.isfinite(value) and value > 0):

@@ -412,7 +412,7 @@ def _cached_stats(path: Path, which: str, in_chans: int, compute: Callable[[], _
         mean, std = cached[which]
         if len(mean) == len(std) == in_chans:
             return tuple(float(m) for m in mean), tuple(float(s) for s in std)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         cached = {}
     mean, std = compute()
     try:
@@ -627,7 +627,7 @@ def _read_scan(path: Path, count: int) -> _Scanned | None:
     try:
         found = load_file(str(path.with_name(path.name + ".safetensors")))
         bad = json.loads(path.with_name(path.name + ".json").read_text())
-    except (OSError, ValueError, SafetensorError):
+    except (OSError, ValueError, SafetensorError, RecursionError):
         return None
     ok = found.get("ok")
     if ok is None or len(ok) != count or not isinstance(bad, list):

@@ -12,10 +12,12 @@ plugin that fails to import is recorded with its error and skipped. Setting
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.metadata
 import io
 import logging
+import math
 import os
 import threading
 import traceback
@@ -38,6 +40,7 @@ ENTRY_POINT_GROUP = "zoo.models"
 DISABLE_ENV = "ZOO_DISABLE_PLUGIN_AUTOLOAD"
 TIMEOUT_ENV = "ZOO_PLUGIN_TIMEOUT"
 DEFAULT_TIMEOUT = 30.0
+MAX_TIMEOUT = 86_400.0  # a day; threading.Timer overflows past ~1e10 s
 BUILTIN_DISTRIBUTION = registry.BUILTIN_DISTRIBUTION
 # Used only when zoo runs from a source tree that was never installed (no entry points).
 _BUILTIN_MODULES = {
@@ -90,11 +93,26 @@ def _entry_points() -> list[tuple[str, str, str, str]]:
 
 def plugin_timeout() -> float:
     """Seconds a plugin import may take before a warning names it (``ZOO_PLUGIN_TIMEOUT``)."""
+    raw = os.environ.get(TIMEOUT_ENV, "")
     try:
-        value = float(os.environ.get(TIMEOUT_ENV, "") or DEFAULT_TIMEOUT)
+        value = float(raw or DEFAULT_TIMEOUT)
     except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_TIMEOUT:  # NaN, negative, inf or past what a timer can wait
+        _warn_bad_timeout(raw[:40])
         return DEFAULT_TIMEOUT
-    return value if value > 0 else DEFAULT_TIMEOUT
+    return value
+
+
+@functools.cache
+def _warn_bad_timeout(raw: str) -> None:
+    log.warning(
+        "ignoring %s=%r: give seconds above 0 and at most %g; using %g",
+        TIMEOUT_ENV,
+        raw,
+        MAX_TIMEOUT,
+        DEFAULT_TIMEOUT,
+    )
 
 
 def _watchdog(info: PluginInfo) -> threading.Timer:

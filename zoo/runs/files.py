@@ -209,7 +209,7 @@ def read_json(path: Path, *, missing_ok: bool = False) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # bad JSON, too deeply nested, a huge integer
         raise RunError(f"{path} is not valid JSON ({e}); the run directory is damaged") from None
     if not isinstance(data, dict):
         raise RunError(f"{path} must hold a JSON object, found {type(data).__name__}")
@@ -227,7 +227,7 @@ def read_metrics(run_dir: Path, *, missing_ok: bool = False) -> list[dict[str, A
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
+        except (ValueError, RecursionError) as e:  # bad JSON, too deep, a huge integer
             raise RunError(
                 f"{path} line {number} is not valid JSON ({e}); fix or remove it"
             ) from None

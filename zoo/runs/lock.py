@@ -54,7 +54,7 @@ def holder(run_dir: str | Path) -> dict[str, Any] | None:
         raw = f.read(_MAX_LOCK_BYTES)
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if not isinstance(data, dict):
         return {"pid": None, "host": "?", "started": None, "command": "?"}

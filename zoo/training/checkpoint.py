@@ -205,7 +205,7 @@ def _read_record(directory: Path) -> dict[str, Any]:
             "finish an epoch; start it again, without --resume and with --force to reuse its "
             "directory"
         ) from None
-    except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: bad JSON too
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:  # bad JSON too
         raise RunError(f"checkpoint {path} is unreadable ({e}); start the run again") from None
 
 
@@ -275,7 +275,7 @@ def load_best(directory: str | Path, epoch: int) -> dict[str, torch.Tensor] | No
         )
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise RunError(
             f"{directory / BEST_JSON} is unreadable ({e}); start the run again"
         ) from None

@@ -228,7 +228,7 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         config = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise WeightsError(f"{path} is missing; is {directory} a zoo run or export?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # bad JSON, too deep, a huge integer
         raise WeightsError(f"{path} is not valid JSON ({e}); re-export the model") from None
     if not isinstance(config, dict):
         raise WeightsError(f"{path} must hold a JSON object, found {type(config).__name__}")
