@@ -22,7 +22,7 @@ quickstart: install  ## train the quickstart recipe on real Fashion-MNIST, then 
 test: install  ## the full test suite, slow and integration tests included (what CI runs)
 	$(PYTHON) -m pytest -m "" -q
 
-report: install  ## the seed's sweeps and best models on Fashion-MNIST, smoke-test profile (~12 min); PROFILE=cpu make report for the real one (<= 90 min on 2 cores)
+report: install  ## the seed's sweeps and best models on Fashion-MNIST, smoke-test profile (~12 min); PROFILE=cpu make report for the study sized for a CPU (work in progress: ~110 min on 2 cores)
 	bash benchmarks/make_report.sh
 
 lint:  ## ruff check, ruff format --check, mypy

@@ -2,8 +2,8 @@
 # Regenerate the seed's report in one command: the three sweeps (activation, learning rate,
 # patch size) and the best models, then `zoo report` over all of them.
 #
-#   PROFILE=cpu benchmarks/make_report.sh      # Fashion-MNIST on a 2-core CPU in <= 90 min:
-#                                              # the seed's conclusions at credible accuracy
+#   PROFILE=cpu benchmarks/make_report.sh      # Fashion-MNIST sized for a 2-core CPU (aims
+#                                              # at <= 90 min; ~110 min as measured below)
 #   benchmarks/make_report.sh                  # quick: a ~12 min smoke test of every figure
 #                                              # and table (accuracies meaningless)
 #   PROFILE=full DEVICE=cuda benchmarks/make_report.sh   # CIFAR-10, the recipes' full schedules
