@@ -200,13 +200,18 @@ def _read_record(directory: Path) -> dict[str, Any]:
             raise ValueError(f"tensors_file {record['tensors_file']!r} is not a checkpoint name")
         return dict(record)
     except FileNotFoundError as e:
-        raise RunError(
-            f"no complete checkpoint in {directory} ({e.filename} is missing): the run did not "
-            "finish an epoch; start it again, without --resume and with --force to reuse its "
-            "directory"
-        ) from None
+        raise _incomplete(directory, e) from None
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:  # bad JSON too
         raise RunError(f"checkpoint {path} is unreadable ({e}); start the run again") from None
+
+
+def _incomplete(directory: Path, missing: FileNotFoundError) -> RunError:
+    # `zoo train --resume RUN` starts such a run over from its recorded recipe
+    # (zoo.training.launch); no --force needed
+    return RunError(
+        f"no complete checkpoint in {directory} ({missing.filename} is missing): the run did "
+        "not finish an epoch"
+    )
 
 
 def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], int]:
@@ -221,11 +226,7 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], int]:
     try:
         blob = read_capped(directory / record["tensors_file"], MAX_TENSOR_BYTES, error=RunError)
     except FileNotFoundError as e:
-        raise RunError(
-            f"no complete checkpoint in {directory} ({e.filename} is missing): the run did not "
-            "finish an epoch; start it again, without --resume and with --force to reuse its "
-            "directory"
-        ) from None
+        raise _incomplete(directory, e) from None
     except OSError as e:
         raise RunError(f"checkpoint {path} is unreadable ({e}); start the run again") from None
     if hashlib.sha256(blob).hexdigest() != record.get("sha256"):
