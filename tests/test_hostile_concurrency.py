@@ -40,6 +40,15 @@ with run_lock(Path(sys.argv[1]), command="holder-process"):
     time.sleep(120)
 """
 
+HOLD_TARGET = """
+import sys, time
+from pathlib import Path
+from zoo.runs.lock import target_lock
+with target_lock(Path(sys.argv[1]), "hold", command="holder-process"):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
 
 @pytest.fixture
 def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -47,10 +56,10 @@ def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _hold(directory: Path) -> subprocess.Popen[str]:
+def _hold(directory: Path, code: str = HOLD) -> subprocess.Popen[str]:
     """A second process (no torch: it starts fast) that holds the lock of ``directory``."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(directory)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, str(directory)], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "locked"
@@ -98,6 +107,44 @@ def test_export_onto_a_locked_directory_is_refused(
     result = invoke("export", str(other), "--out", "run", "--force")
     assert_refused(result, "export onto", f"pid {proc.pid}")
     assert_unchanged(run, before)
+
+
+def test_two_exports_onto_one_target_cannot_both_succeed(cwd: Path) -> None:
+    """While one export replaces ``--out`` (it holds the lock next to it), a second export
+    onto the same target is refused naming the first; without the lock both exited 0 and one
+    export was silently lost."""
+    run, _ = make_run(cwd / "run")
+    other, _ = make_run(cwd / "other", seed=1)
+    assert invoke("export", str(run), "--out", "exp").exit_code == 0
+    before = snapshot(cwd / "exp")
+    proc = _hold(cwd / "exp", HOLD_TARGET)
+    try:
+        result = invoke("export", str(other), "--out", "exp", "--force")
+        assert_refused(result, "export onto", "exp", f"pid {proc.pid}", "holder-process")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert_unchanged(cwd / "exp", before)
+    assert invoke("export", str(other), "--out", "exp", "--force").exit_code == 0  # stale: taken
+    assert not list(cwd.glob(".exp*"))  # neither the lock nor a staging directory is left
+
+
+def test_two_publishes_of_one_tag_cannot_both_succeed(cwd: Path) -> None:
+    from zoo.weights import store
+
+    run, _ = make_run(cwd / "run")
+    target = store.weights_dir("mlp_relu") / "mine"
+    proc = _hold(target, HOLD_TARGET)
+    try:
+        result = invoke("publish", str(run), "--tag", "mine", "--force")
+        assert_refused(result, "mlp_relu.mine", f"pid {proc.pid}")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not target.exists() and "mine" not in store.tags_for("mlp_relu")
+    assert invoke("publish", str(run), "--tag", "mine").exit_code == 0
+    assert store.tags_for("mlp_relu") == ["mine"]
+    assert not list(target.parent.glob(".mine*"))
 
 
 def test_a_sweep_point_being_written_is_refused(cwd: Path) -> None:

@@ -5,6 +5,7 @@ deleted through a link."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -142,6 +143,84 @@ def test_push_refuses_a_link_out_before_uploading(
     _link_out(run, "curves.png", world["outside"] / "secret.txt")
     assert_refused(invoke("push", str(run), "me/tiny"), "curves.png", "outside")
     assert calls == []
+
+
+def _hard_link_out(run: Path, name: str, target: Path) -> None:
+    path = run / name
+    path.unlink(missing_ok=True)
+    os.link(target, path)
+
+
+@pytest.mark.parametrize("name", ["README.md", "recipe.yaml", "metrics.jsonl", "curves.png"])
+def test_export_refuses_a_hard_link_to_another_file(world: dict[str, Path], name: str) -> None:
+    """A hard link is a regular file inside the run, but its content is another file's (here
+    a secret outside it): published files must have one link only."""
+    run = world["run"]
+    _hard_link_out(run, name, world["outside"] / "secret.txt")
+    line = assert_refused(invoke("export", str(run)), name, "2 hard links", "cp ")
+    assert "SECRET" not in line
+    assert not (run / "export").exists()
+
+
+def test_push_and_publish_refuse_a_hard_link_before_anything_leaves(
+    world: dict[str, Path], monkeypatch: pytest.MonkeyPatch, _zoo_home: Path
+) -> None:
+    import huggingface_hub
+
+    calls: list[str] = []
+
+    class Api:
+        def __init__(self, **kwargs: Any) -> None:
+            pass
+
+        def __getattr__(self, name: str) -> Any:
+            return lambda *a, **k: calls.append(name)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    run = world["run"]
+    _hard_link_out(run, "README.md", world["outside"] / "secret.txt")
+    assert_refused(invoke("push", str(run), "me/tiny"), "README.md", "hard links")
+    assert calls == []
+    assert_refused(invoke("publish", str(run), "--tag", "t1"), "README.md", "hard links")
+    _no_secret_under(_zoo_home)
+    (run / "README.md").unlink()  # the fix the message gives, for a file of the run's own
+    assert invoke("export", str(run)).exit_code == 0
+
+
+def _sweep_with(root: Path, point: Any) -> Path:
+    sweep = root / "sweep"
+    sweep.mkdir()
+    index = {"name": "s", "keys": ["optim.lr"], "points": point}
+    (sweep / "sweep.json").write_text(json.dumps(index))
+    return sweep
+
+
+def test_report_refuses_a_sweep_point_linked_out(world: dict[str, Path]) -> None:
+    sweep = _sweep_with(world["root"], [{"name": "optim.lr=0.1", "run_dir": "optim.lr=0.1"}])
+    (sweep / "optim.lr=0.1").symlink_to(world["run"])  # a run outside the sweep
+    out = world["root"] / "report"
+    assert_refused(invoke("report", str(sweep), "--out", str(out)), "optim.lr=0.1", "outside")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "points, fragment",
+    [
+        ([{"name": "x", "run_dir": "../work/run"}], "'../work/run'"),
+        ([{"name": "x", "run_dir": ".."}], "'..'"),
+        ([{"name": 3}], "3"),
+        ({"a": 1}, "not a list"),
+        (["x"], "not a list"),
+    ],
+)
+def test_report_refuses_a_damaged_sweep_index(
+    world: dict[str, Path], points: Any, fragment: str
+) -> None:
+    sweep = _sweep_with(world["root"], points)
+    out = world["root"] / "report"
+    line = assert_refused(invoke("report", str(sweep), "--out", str(out)), "sweep.json", fragment)
+    assert "damaged" in line
+    assert not out.exists()
 
 
 def test_plot_refuses_metrics_linked_out(world: dict[str, Path]) -> None:

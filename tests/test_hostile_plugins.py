@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hostile_helpers import invoke, tiny_recipe, write_recipe
+from hostile_helpers import assert_refused, invoke, tiny_recipe, write_recipe
 from test_plugins import FakeSite, by_distribution, rescan
 
 import zoo
-from zoo.models import plugins, registry
+from zoo.models import plugins, registry, scripts
 
 
 @pytest.fixture(autouse=True)
@@ -152,3 +152,72 @@ def _good(model: str) -> str:
     from test_plugins import GOOD_MODULE
 
     return GOOD_MODULE.format(model=model)
+
+
+# -- --import FILE_OR_MODULE: the same isolation as an installed plugin ---------------------
+
+
+@pytest.mark.parametrize(
+    "code, shown",
+    [
+        ("import sys\nsys.exit(0)\n", "SystemExit: 0"),
+        ("raise SystemExit('bye')\n", "SystemExit: bye"),
+        ("class Odd(BaseException):\n    pass\nraise Odd('x')\n", "Odd: x"),
+    ],
+)
+def test_an_import_that_exits_fails_the_command(tmp_path: Path, code: str, shown: str) -> None:
+    script = tmp_path / "exits.py"
+    script.write_text(code)
+    result = invoke("models", "--import", str(script))
+    assert_refused(result, f"--import {script}", shown)
+
+
+def test_an_import_that_exits_does_not_fake_a_prediction(tmp_path: Path) -> None:
+    script = tmp_path / "exits.py"
+    script.write_text("import sys\nsys.exit(0)\n")
+    image = tmp_path / "x.png"
+    image.write_bytes(b"not read")
+    result = invoke("predict", "mlp_relu", str(image), "--import", str(script))
+    assert_refused(result, "SystemExit: 0")
+
+
+def test_a_module_import_that_exits_fails_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "zoo_exiting_module.py").write_text("raise SystemExit(2)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "zoo_exiting_module", raising=False)
+    result = invoke("models", "--import", "zoo_exiting_module")
+    assert_refused(result, "--import zoo_exiting_module", "SystemExit: 2")
+
+
+def test_ctrl_c_in_an_import_still_stops_zoo(tmp_path: Path) -> None:
+    script = tmp_path / "ctrl_c.py"
+    script.write_text("raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        scripts.import_source(str(script))
+    assert not any(name.startswith("zoo_scripts.ctrl_c") for name in sys.modules)
+
+
+def test_import_prints_do_not_corrupt_machine_readable_output(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, isolated_registry: None
+) -> None:
+    script = tmp_path / "noisy.py"
+    script.write_text("print('HELLO FROM SCRIPT')\n" + _good("fakenoisy_script"))
+    with caplog.at_level(logging.INFO, logger="zoo.models.plugins"):
+        result = invoke("models", "--json", "--import", str(script))
+    assert result.exit_code == 0, result.output
+    assert "fakenoisy_script" in [row["name"] for row in json.loads(result.stdout)]
+    assert "HELLO FROM SCRIPT" in caplog.text and "noisy.py" in caplog.text
+
+
+def test_slow_import_is_named_by_the_watchdog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(plugins.TIMEOUT_ENV, "0.2")
+    script = tmp_path / "slow.py"
+    script.write_text("import time\ntime.sleep(1.0)\n")
+    with caplog.at_level(logging.WARNING, logger="zoo.models.plugins"):
+        scripts.import_source(str(script))
+    assert "--import" in caplog.text and "slow.py" in caplog.text
+    assert "still importing" in caplog.text

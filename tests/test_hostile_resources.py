@@ -195,6 +195,37 @@ def test_create_with_a_huge_image_is_refused_with_the_estimate() -> None:
         zoo.create("mlp_relu", img_size=100_000)
 
 
+@pytest.mark.parametrize(
+    "model, kwargs",
+    [
+        (model, kwargs)
+        for model in ("mlp_relu", "resnet18", "mlpmixer_p4")
+        for kwargs in ({"num_classes": 10**30}, {"in_chans": 10**12}, {"img_size": 10**13})
+        # resnet18 is fully convolutional: any image size builds (bench checks activations)
+        if not (model == "resnet18" and "img_size" in kwargs)
+    ],
+)
+def test_sizes_past_what_torch_can_hold_are_one_line_without_cpp_frames(
+    model: str, kwargs: dict[str, int]
+) -> None:
+    """Sizes that overflow torch's 64-bit sizes (or Python's memory while building the config)
+    are refused before anything is allocated, in one line, without torch's C++ stack."""
+    with pytest.raises(ModelArgumentError) as caught:
+        zoo.create(model, **kwargs)
+    message = str(caught.value)
+    name, value = next(iter(kwargs.items()))
+    assert f"{name}={value}" in message and "choose smaller arguments" in message
+    assert "frame #" not in message and "Exception raised from" not in message
+    assert "\n" not in message and len(message) < 600
+
+
+@pytest.mark.parametrize("option", ["--in-chans", "--img-size"])
+def test_bench_with_sizes_past_torch_is_one_line(option: str) -> None:
+    result = invoke("bench", "mlp_relu", "-b", "2", option, str(10**13))
+    line = assert_refused(result, "too large", "choose smaller arguments")
+    assert "frame #" not in line
+
+
 def test_huge_model_in_a_recipe_is_refused_before_allocating(tmp_path: Path) -> None:
     from zoo.devices import memory_budget
 

@@ -124,7 +124,7 @@ def test_predict_skips_unreadable_files_and_predicts_the_rest(
 
 def test_logits_equal_the_trainers_evaluation(model_dir: Path, tmp_path: Path) -> None:
     """The same 28x28 images through zoo predict and the trainer's evaluation batches give
-    the same logits, bit for bit (same process, same batch)."""
+    the same logits, bit for bit (same process, same batch, same thread count)."""
     data = build("synthetic", synthetic={"in_chans": 1, "img_size": 28, "test_size": 24})
     files = []
     for i, image in enumerate(data.test.images):
@@ -137,8 +137,13 @@ def test_logits_equal_the_trainers_evaluation(model_dir: Path, tmp_path: Path) -
     )
     with torch.no_grad():
         expected = model(x)
+    threads = torch.get_num_threads()  # the same settings: a thread count changes GEMM blocking
     for workers in (0, 1):
-        got = list(iter_logits(model, files, transform, batch_size=24, num_workers=workers))
+        got = list(
+            iter_logits(
+                model, files, transform, batch_size=24, num_workers=workers, threads=threads
+            )
+        )
         assert len(got) == 1 and got[0][0] == files
         assert torch.equal(got[0][1], expected)
 

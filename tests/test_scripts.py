@@ -81,7 +81,9 @@ def test_bad_imports_say_what_is_wrong(tmp_path: Path) -> None:
         scripts.import_source("no_such_module_xyz")
     broken = tmp_path / "broken.py"
     broken.write_text("raise ValueError('boom')\n")
-    with pytest.raises(PluginError, match=r"failed to import \(ValueError: boom\)"):
+    with pytest.raises(
+        PluginError, match=r"failed to import \(ValueError: boom \(.*broken\.py:1\)\)"
+    ):
         scripts.import_source(str(broken))
     with pytest.raises(RecipeError, match=r"imports: --import gone\.py: no such file"):
         from_dict(_recipe("mlp_relu", imports=["gone.py"]))

@@ -88,18 +88,37 @@ def check_regular(
     inside: str | os.PathLike[str] | None = None,
     error: type[ZooError] = ZooError,
     verb: str = "read",
+    single_link: bool = False,
 ) -> Path:
     """The real path of ``path`` if it is (or links, inside ``inside``, to) a regular file.
 
     ``inside`` defaults to the file's own directory. Raises ``error`` for a link leaving it,
     a FIFO, device, socket or directory; :class:`FileNotFoundError` when it is missing.
+    ``single_link`` (files about to leave the machine: export, push) also refuses a file with
+    more than one hard link, which may be any file's content under a publishable name.
     """
     path = Path(path)
     real = _real(path, Path(inside) if inside is not None else path.parent, error, verb)
-    mode = os.stat(real).st_mode
-    if not stat.S_ISREG(mode):
-        raise error(f"refusing to {verb} {path}: it is {file_kind(mode)}, not a regular file")
+    info = os.stat(real)
+    if not stat.S_ISREG(info.st_mode):
+        raise error(
+            f"refusing to {verb} {path}: it is {file_kind(info.st_mode)}, not a regular file"
+        )
+    if single_link:
+        check_single_link(path, info, error=error, verb=verb)
     return real
+
+
+def check_single_link(
+    path: Path, info: os.stat_result, *, error: type[ZooError], verb: str
+) -> None:
+    """Refuse ``path`` when ``info`` (its stat) counts more than one hard link."""
+    if info.st_nlink > 1:
+        raise error(
+            f"refusing to {verb} {path}: it has {info.st_nlink} hard links, so its content may "
+            f"belong to a file outside the run; give it its own copy first (cp {path} "
+            f"{path}.copy && mv {path}.copy {path})"
+        )
 
 
 def check_dir(
@@ -131,19 +150,25 @@ def open_regular(
     *,
     inside: str | os.PathLike[str] | None = None,
     error: type[ZooError] = ZooError,
+    verb: str = "read",
+    single_link: bool = False,
 ) -> Iterator[BinaryIO]:
     """Open ``path`` for binary reading as :func:`check_regular` allows; the descriptor is
     checked again after opening (the file may have been swapped in between)."""
-    real = check_regular(path, inside=inside, error=error)
+    real = check_regular(path, inside=inside, error=error, verb=verb, single_link=single_link)
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(real, flags)
     except OSError as e:
         raise error(f"cannot read {path} ({e.strerror or e})") from None
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise error(f"refusing to read {path}: it is {file_kind(mode)}, not a regular file")
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(
+                f"refusing to {verb} {path}: it is {file_kind(info.st_mode)}, not a regular file"
+            )
+        if single_link:
+            check_single_link(Path(path), info, error=error, verb=verb)
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         f = os.fdopen(fd, "rb")
     except BaseException:
@@ -190,10 +215,13 @@ def copy_regular(
     *,
     inside: str | os.PathLike[str] | None = None,
     error: type[ZooError] = ZooError,
+    verb: str = "read",
+    single_link: bool = False,
 ) -> None:
     """Copy the regular file ``src`` (see :func:`open_regular`) to ``dst``, atomically. The
     copy is a new regular file even when ``dst`` is a link: links are replaced, not followed."""
-    with open_regular(src, inside=inside, error=error) as f, atomic_open(dst, "wb") as out:
+    opened = open_regular(src, inside=inside, error=error, verb=verb, single_link=single_link)
+    with opened as f, atomic_open(dst, "wb") as out:
         shutil.copyfileobj(f, out, _COPY_CHUNK)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from zoo._version import __version__
-from zoo.errors import ZooError
+from zoo.errors import ZooError, printable
 
 
 class _ZooGroup(click.Group):
@@ -27,7 +27,7 @@ class _ZooGroup(click.Group):
         except ZooError as e:
             if ctx.meta.get("zoo.debug"):
                 raise
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {printable(str(e))}", err=True)  # one line, whatever it quotes
             ctx.exit(e.exit_code)
         except OSError as e:
             # A path the user gave that cannot be written or read (its parent is a file, it
@@ -35,7 +35,8 @@ class _ZooGroup(click.Group):
             if ctx.meta.get("zoo.debug") or e.filename is None:
                 raise
             click.echo(
-                f"error: {e.filename}: {e.strerror or e}; check the path and its permissions",
+                f"error: {printable(str(e.filename))}: {e.strerror or e}; check the path and "
+                "its permissions",
                 err=True,
             )
             ctx.exit(1)
@@ -98,6 +99,7 @@ def _import_option(command: Any) -> Any:
 @click.option("--plugin", default=None, help="Only models provided by this distribution.")
 @click.option("--params", is_flag=True, help="Count parameters (builds each model on 'meta').")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_import_option
 def models_cmd(
     pattern: str, pretrained: bool, plugin: str | None, params: bool, as_json: bool
 ) -> None:
@@ -143,6 +145,7 @@ def _tag_source(model: str, tag: str) -> str:
 @cli.command("info")
 @click.argument("name")
 @click.option("--plugin", default=None, help="Distribution to take NAME from when ambiguous.")
+@_import_option
 def info_cmd(name: str, plugin: str | None) -> None:
     """Show a model's metadata, default arguments and parameter count."""
     from zoo.weights.factory import model_info

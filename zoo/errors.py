@@ -68,6 +68,15 @@ class TrainingError(ZooError):
     exit_code = 1
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters (newlines, terminal escapes, ...) written as Python
+    escapes, so that a name from a file or the command line prints as what it is, on one line,
+    and cannot move the cursor or recolour the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ``" Did you mean: a, b?"`` for the closest choices, or ``""`` when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)

@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from zoo.data.catalog import CIFAR10_CLASSES, DATASETS, FASHION_MNIST_CLASSES, GEOMETRY
-from zoo.errors import DataError, RunError, UnknownModelError, WeightsError, did_you_mean
+from zoo.errors import (
+    DataError,
+    RunError,
+    UnknownModelError,
+    WeightsError,
+    did_you_mean,
+    printable,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -157,9 +164,10 @@ class EvalResult:
         """The result as the text ``zoo eval`` prints."""
         s = self.scores
         speed = f"{s.n / self.seconds:,.0f} images/s" if self.seconds > 0 else "-"
-        width = max([len("per class"), *(len(name) for name in self.label_names)])
+        labels = [printable(name) for name in self.label_names]  # names from folders, files
+        width = max([len("per class"), *map(len, labels)])
         lines = [
-            f"{self.source}: {self.dataset} {self.split}, {s.n:,} images "
+            f"{printable(self.source)}: {self.dataset} {self.split}, {s.n:,} images "
             f"(batch {self.batch_size}, {self.device}, {self.precision})",
             f"  top1   {s.top1:.4f}",
             f"  top{s.topk}   {s.topk_acc:.4f}",
@@ -169,9 +177,9 @@ class EvalResult:
             "",
             f"  {'per class'.ljust(width)}  accuracy  images",
         ]
-        for row in self.per_class():
+        for label, row in zip(labels, self.per_class(), strict=True):
             acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
-            lines.append(f"  {row['label'].ljust(width)}  {acc:>8}  {row['n']:>6}")
+            lines.append(f"  {label.ljust(width)}  {acc:>8}  {row['n']:>6}")
         return "\n".join(lines)
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.data.images import IMAGE_EXTENSIONS, UnreadableImage
-from zoo.errors import DataError
+from zoo.errors import DataError, printable
 
 if TYPE_CHECKING:
     import torch
@@ -401,11 +401,12 @@ def format_result(result: PredictResult, fmt: str) -> str:
             for rank, t in enumerate(p.top, 1):
                 writer.writerow([p.path, rank, t.label, t.index, f"{t.prob:.6f}"])
         return out.getvalue()
-    if fmt == "table":
-        width = max((len(p.path) for p in result.predictions), default=4)
+    if fmt == "table":  # for a terminal: names from files and folders printed escaped
+        paths = [printable(p.path) for p in result.predictions]
+        width = max(map(len, paths), default=4)
         lines = [f"{'path':<{width}}  top classes (probability)"]
-        for p in result.predictions:
-            classes = ", ".join(f"{t.label} {t.prob:.3f}" for t in p.top)
-            lines.append(f"{p.path:<{width}}  {classes}")
+        for path, p in zip(paths, result.predictions, strict=True):
+            classes = ", ".join(f"{printable(t.label)} {t.prob:.3f}" for t in p.top)
+            lines.append(f"{path:<{width}}  {classes}")
         return "\n".join(lines) + "\n"
     raise DataError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zoo._fs import check_dir
 from zoo._io import atomic_write_text
-from zoo.errors import RunError, ZooError
+from zoo.errors import RunError, ZooError, printable
 from zoo.runs import files, plots
 
 __all__ = [
@@ -101,8 +102,20 @@ def load_sweep(path: str | Path) -> Sweep:
             f"{path / files.SWEEP_INDEX_NAME} is missing or empty; is {path} a zoo sweep?"
         )
     sweep = Sweep(path, data)
-    for point in data.get("points", []):
-        run_dir = path / str(point.get("run_dir") or point.get("name"))
+    index = path / files.SWEEP_INDEX_NAME
+    points = data.get("points", [])
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise RunError(f"{index}: 'points' is not a list of points; the sweep index is damaged")
+    for point in points:
+        name = point.get("run_dir") or point.get("name")
+        if not isinstance(name, str) or name in (".", "..") or "/" in name or "\0" in name:
+            raise RunError(
+                f"{index}: point {printable(repr(name))} does not name a directory of the "
+                "sweep; the sweep index is damaged"
+            )
+        run_dir = path / name
+        # a point that is a link out of the sweep is refused, not reported
+        check_dir(run_dir, inside=path, error=RunError, verb="report")
         run = None
         if (run_dir / files.METRICS_NAME).is_file():
             run = load_run(run_dir, label=f"{sweep.name}/{point.get('name')}")

@@ -21,6 +21,7 @@ import math
 import os
 import threading
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from zoo.models import registry
@@ -32,6 +33,8 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "TIMEOUT_ENV",
     "PluginInfo",
+    "describe_failure",
+    "guarded_import",
     "load_plugins",
     "plugin_timeout",
 ]
@@ -115,37 +118,45 @@ def _warn_bad_timeout(raw: str) -> None:
     )
 
 
-def _watchdog(info: PluginInfo) -> threading.Timer:
-    """A timer that names ``info``'s plugin on stderr if its import is still running after
+def _watchdog(what: str, advice: str) -> threading.Timer:
+    """A timer that names ``what`` on stderr if its import is still running after
     :func:`plugin_timeout` (an import cannot be interrupted; naming the culprit can be)."""
     timeout = plugin_timeout()
 
     def warn() -> None:
-        log.warning(
-            "plugin %s (%s, from %s) is still importing after %g s; if it hangs, stop zoo and "
-            "disable plugins with %s=1 or uninstall %s",
-            info.name,
-            info.module,
-            info.distribution,
-            timeout,
-            DISABLE_ENV,
-            info.distribution,
-        )
+        log.warning("%s is still importing after %g s; %s", what, timeout, advice)
 
     timer = threading.Timer(timeout, warn)
     timer.daemon = True
     return timer
 
 
+@contextlib.contextmanager
+def guarded_import(what: str, advice: str) -> Iterator[None]:
+    """Run third-party import code inside the block: a watchdog names ``what`` (with
+    ``advice``) when it runs past :func:`plugin_timeout`, and what it prints goes to the log
+    instead of stdout, where machine-readable output (``--json``, ``--format json``) goes.
+    Exceptions pass through; callers decide what a failure means."""
+    printed = io.StringIO()
+    timer = _watchdog(what, advice)
+    timer.start()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        timer.cancel()
+        if printed.getvalue().strip():
+            text = " ".join(printed.getvalue().split())
+            log.info("%s printed while importing: %s", what, text[:500])
+
+
 def _load(name: str, value: str, dist: str, version: str) -> PluginInfo:
     module_name = value.split(":")[0].strip()
     info = PluginInfo(name, module_name, dist, version, builtin=dist == BUILTIN_DISTRIBUTION)
-    printed = io.StringIO()
-    timer = _watchdog(info)
-    timer.start()
+    what = f"plugin {name} ({module_name}, from {dist})"
+    advice = f"if it hangs, stop zoo and disable plugins with {DISABLE_ENV}=1 or uninstall {dist}"
     try:
-        # A plugin's prints must not reach stdout, where `zoo models --json` writes JSON.
-        with registry.registering_as(dist, version), contextlib.redirect_stdout(printed):
+        with registry.registering_as(dist, version), guarded_import(what, advice):
             module = importlib.import_module(module_name)
             if ":" in value:  # an attribute to call, as in `name = pkg.mod:register`
                 obj = getattr(module, value.split(":")[1].strip())
@@ -155,17 +166,17 @@ def _load(name: str, value: str, dist: str, version: str) -> PluginInfo:
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # SystemExit too: a plugin cannot end zoo, or fake success
-        last = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
-        where = f" ({last.filename}:{last.lineno})" if last else ""
-        info.error = f"{type(e).__name__}: {e}{where}"
+        info.error = describe_failure(e)
         registry.forget(dist, module_name)  # a failed plugin is skipped whole, not half-loaded
-    finally:
-        timer.cancel()
-    if printed.getvalue().strip():
-        text = " ".join(printed.getvalue().split())
-        log.info("plugin %s printed while importing: %s", name, text[:500])
     info.models = registry.provided_by(dist, module_name)
     return info
+
+
+def describe_failure(e: BaseException) -> str:
+    """``Type: message (file:line)`` of an exception raised by imported code."""
+    last = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+    where = f" ({last.filename}:{last.lineno})" if last else ""
+    return f"{type(e).__name__}: {e}{where}"
 
 
 def load_plugins() -> list[PluginInfo]:

@@ -406,22 +406,42 @@ def _check_size(entry: ModelEntry, kwargs: dict[str, Any]) -> None:
 
     if torch.get_default_device().type == "meta":
         return  # already a dry build
+    shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its defaults"
     try:
         with torch.device("meta"):
             skeleton = entry.builder(pretrained=False, **kwargs)
         tensors = [*skeleton.parameters(), *skeleton.buffers()]
         need = sum(t.numel() * t.element_size() for t in tensors)
-    except Exception:  # the real build below reports bad arguments in its own words
-        return
+    except Exception as e:
+        if not _too_large(e):
+            return  # the real build below reports bad arguments in its own words
+        raise ModelArgumentError(
+            f"{entry.name} with {shown} is too large to build: a size overflows what torch or "
+            f"this machine can hold ({_short(e)}); choose smaller arguments"
+        ) from None
     budget = memory_budget("cpu")
     if budget is not None and need > budget:
         count = sum(t.numel() for t in skeleton.parameters())
-        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its defaults"
         raise ModelArgumentError(
             f"{entry.name} with {shown} has {count:,} parameters: its weights alone need "
             f"{gib(need)}, more than the {gib(budget)} of memory available; choose smaller "
             "arguments"
         )
+
+
+def _too_large(e: Exception) -> bool:
+    """Whether a dry (``meta``) build failed because a size is absurd, not an argument wrong."""
+    if isinstance(e, MemoryError | OverflowError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, TypeError | RuntimeError | ValueError) and "overflow" in text
+
+
+def _short(e: BaseException) -> str:
+    """``Type: message``, the message's first line without the C++ stack torch appends."""
+    text = str(e).split("Exception raised from")[0].strip()
+    first = (text.splitlines() or [""])[0][:300]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _check_argument_type(variant: str, key: str, value: Any, default: Any) -> None:
@@ -468,9 +488,8 @@ def _build(entry: ModelEntry, kwargs: dict[str, Any], pretrained: bool) -> nn.Mo
 
 def _rejected(entry: ModelEntry, kwargs: Mapping[str, Any], e: Exception) -> ModelArgumentError:
     shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its defaults"
-    message = " ".join(str(e).split())
     return ModelArgumentError(
-        f"{entry.name} cannot be built with {shown} ({type(e).__name__}: {message}); "
+        f"{entry.name} cannot be built with {shown} ({_short(e)}); "
         f"see `zoo info {entry.name}` for its arguments"
     )
 

@@ -20,11 +20,13 @@ from pathlib import Path
 
 from zoo.errors import PluginError
 from zoo.models import registry
+from zoo.models.plugins import describe_failure, guarded_import
 
 __all__ = ["import_all", "import_source", "is_script"]
 
 _MODULE_PREFIX = "zoo_scripts"
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_ADVICE = "if it hangs, stop zoo (Ctrl-C) and fix or drop the --import"
 _imported: dict[str, str] = {}  # what was asked -> what is recorded (path or module name)
 
 
@@ -50,12 +52,17 @@ def import_source(spec: str, base: str | Path | None = None) -> str:
         if not _MODULE_NAME.match(spec):
             raise PluginError(f"--import {spec!r} is neither a .py file nor a module name")
         try:
-            importlib.import_module(spec)
+            with guarded_import(f"--import {spec}", _ADVICE):
+                importlib.import_module(spec)
         except ImportError as e:
             raise PluginError(
                 f"--import {spec}: cannot import module ({e}); give a file path such as "
                 "./my_models.py or install the package"
             ) from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # SystemExit too: an import cannot end zoo, or fake success
+            raise PluginError(f"--import {spec}: failed to import ({describe_failure(e)})") from e
         _imported[spec] = spec
         return spec
     path = Path(spec).expanduser()
@@ -73,14 +80,18 @@ def import_source(spec: str, base: str | Path | None = None) -> str:
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
         try:
-            with registry.registering_as(str(path), ""):
+            with (
+                registry.registering_as(str(path), ""),
+                guarded_import(f"--import {spec} ({path})", _ADVICE),
+            ):
                 module_spec.loader.exec_module(module)
-        except Exception as e:
-            del sys.modules[name]
+        except BaseException as e:  # SystemExit too: an import cannot end zoo, or fake success
+            sys.modules.pop(name, None)
             registry.forget(str(path), name)
-            raise PluginError(
-                f"--import {spec}: {path} failed to import ({type(e).__name__}: {e})"
-            ) from e
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            shown = spec if spec == str(path) else f"{spec} ({path})"
+            raise PluginError(f"--import {shown}: failed to import ({describe_failure(e)})") from e
     _imported[spec] = str(path)
     return str(path)
 

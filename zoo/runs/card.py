@@ -11,12 +11,15 @@ is kept as it is by :func:`card_text` (export and push).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from zoo._fs import check_single_link
 from zoo._io import atomic_write_text
+from zoo.errors import RunError
 from zoo.runs import files
 
 __all__ = ["MARKER", "card_text", "render_card", "write_card"]
@@ -43,8 +46,11 @@ def write_card(
 def card_text(directory: str | Path, *, repo_id: str | None = None) -> str:
     """The card to publish for ``directory``: its own README.md when a person wrote it,
     otherwise a freshly rendered one (naming ``repo_id`` in the usage snippet)."""
-    text = files.read_text(Path(directory) / files.CARD_NAME, missing_ok=True)
+    path = Path(directory) / files.CARD_NAME
+    text = files.read_text(path, missing_ok=True)
     if text is not None and MARKER not in text:
+        # published as it is: never a hard link to another file's content
+        check_single_link(path, os.stat(path), error=RunError, verb="publish")
         return text
     return render_card(directory, repo_id=repo_id)
 

@@ -4,7 +4,8 @@ While a process writes a run directory (``zoo train --out/--force/--resume``, on
 sweep) it holds ``<run>/.zoo-lock``, a small JSON file with its pid, host and start time,
 created atomically with ``O_CREAT | O_EXCL``. A second writer finds the file and is refused
 with one line naming the holder; ``zoo export --out`` onto a locked directory is refused the
-same way.
+same way. Directories replaced whole (an export, a published tag) are locked by a file next to
+them (:func:`target_lock`), so two exports or publishes onto one target cannot both succeed.
 
 A lock whose pid no longer runs on this host is stale (the holder was killed): it is taken
 over with a warning that says so. A lock from another host cannot be checked and is never
@@ -31,7 +32,7 @@ from typing import Any
 from zoo.errors import RunError
 from zoo.runs.files import LOCK_NAME
 
-__all__ = ["LOCK_NAME", "check_unlocked", "command_line", "holder", "run_lock"]
+__all__ = ["LOCK_NAME", "check_unlocked", "command_line", "holder", "run_lock", "target_lock"]
 
 log = logging.getLogger(__name__)
 _MAX_LOCK_BYTES = 4096
@@ -40,7 +41,10 @@ _MAX_LOCK_BYTES = 4096
 def holder(run_dir: str | Path) -> dict[str, Any] | None:
     """Who holds the lock of ``run_dir`` (``{"pid", "host", "started", "command"}``), or
     None when nobody does. A lock file being written (empty or partial) counts as held."""
-    path = Path(run_dir) / LOCK_NAME
+    return _read_lock(Path(run_dir) / LOCK_NAME)
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -83,10 +87,10 @@ def _describe(info: dict[str, Any]) -> str:
     return f"pid {info.get('pid')} on {info.get('host')}{when} ({info.get('command') or '?'})"
 
 
-def _refusal(run_dir: Path, info: dict[str, Any], what: str) -> RunError:
+def _refusal(run_dir: Path, info: dict[str, Any], what: str, lock: Path | None = None) -> RunError:
     remote = info.get("host") != socket.gethostname()
     fix = (
-        f"if that process is gone, remove {run_dir / LOCK_NAME}"
+        f"if that process is gone, remove {lock or run_dir / LOCK_NAME}"
         if remote
         else "wait for it to finish or stop it, or choose another directory"
     )
@@ -132,34 +136,50 @@ def run_lock(run_dir: str | Path, what: str = "train into", command: str = "zoo"
     stale lock of a dead process on this host with a warning."""
     run_dir = Path(run_dir)
     created = _make_dirs(run_dir)
-    path = run_dir / LOCK_NAME
     try:
-        for _ in range(3):  # a lost race with another taker of a stale lock: look again
-            if _create(path, command):
-                break
-            info = holder(run_dir)
-            if info is None:
-                continue  # released between our create and our read
-            if not _is_stale(info):
-                raise _refusal(run_dir, info, what)
-            log.warning(
-                "taking over the stale lock of %s: %s no longer runs", run_dir, _describe(info)
-            )
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        else:
-            raise RunError(f"cannot lock {run_dir}: its lock keeps changing; try again")
-    except BaseException:
+        with _held(run_dir / LOCK_NAME, run_dir, what, command) as path:
+            yield path
+    finally:
         _remove_created(created)
-        raise
+
+
+@contextlib.contextmanager
+def target_lock(target: str | Path, what: str, command: str = "zoo") -> Iterator[Path]:
+    """Hold a lock on ``target``, a directory that is replaced whole (an export, a stored
+    tag), inside the block. The lock file lives next to it (``.NAME.zoo-lock``), because the
+    directory itself is swapped out. Refusal and stale locks as in :func:`run_lock`; the
+    parent directory is created if needed."""
+    target = Path(target)
+    created = _make_dirs(target.parent)
+    try:
+        with _held(target.parent / f".{target.name}{LOCK_NAME}", target, what, command) as path:
+            yield path
+    finally:
+        _remove_created(created)
+
+
+@contextlib.contextmanager
+def _held(path: Path, target: Path, what: str, command: str) -> Iterator[Path]:
+    for _ in range(3):  # a lost race with another taker of a stale lock: look again
+        if _create(path, command):
+            break
+        info = _read_lock(path)
+        if info is None:
+            continue  # released between our create and our read
+        if not _is_stale(info):
+            raise _refusal(target, info, what, path)
+        log.warning("taking over the stale lock of %s: %s no longer runs", target, _describe(info))
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    else:
+        raise RunError(f"cannot lock {target}: its lock keeps changing; try again")
     try:
         yield path
     finally:
-        mine = holder(run_dir)
+        mine = _read_lock(path)
         if mine is not None and mine.get("pid") == os.getpid():
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        _remove_created(created)
 
 
 def _make_dirs(run_dir: Path) -> list[Path]:

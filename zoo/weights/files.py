@@ -466,17 +466,27 @@ def export_run(
     or not at all: it is assembled next to its destination and renamed into place.
     ``repo_id`` is the Hub repo the card's usage snippet names.
     """
-    from zoo.runs import card
+    from zoo.runs.lock import command_line, target_lock
 
     run = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run / "export"
-    check_export_target(run, out, force=force)
+    check_export_target(run, out, force=force)  # before the lock creates out's parents
+    with target_lock(out, "export onto", command=command_line()):
+        check_export_target(run, out, force=force)  # again: another export may just have won
+        write_export(run, out, repo_id=repo_id)
+    return out
+
+
+def write_export(run: Path, out: Path, *, repo_id: str | None = None) -> None:
+    """:func:`export_run`'s writing step, for a caller that holds the lock on ``out``."""
+    from zoo.runs import card
+
     load_model_dir(run)
     with staged_dir(out) as tmp:
         for name in publishable_files(run):
-            copy_regular(run / name, tmp / name, error=RunError)  # never a link out
+            # never a link out, nor a hard link to some other file's content
+            copy_regular(run / name, tmp / name, error=RunError, verb="export", single_link=True)
         atomic_write_bytes(tmp / "README.md", card.card_text(run, repo_id=repo_id).encode())
-    return out
 
 
 def check_export_target(source: Path, out: Path, *, force: bool) -> None:

@@ -136,7 +136,9 @@ def push_commit(
     operations = [  # the real files, checked: never a link out of the directory or a FIFO
         CommitOperationAdd(
             path_in_repo=name,
-            path_or_fileobj=str(check_regular(directory / name, error=HubError, verb="push")),
+            path_or_fileobj=str(
+                check_regular(directory / name, error=HubError, verb="push", single_link=True)
+            ),
         )
         for name in export.publishable_files(directory)
     ]

@@ -90,6 +90,7 @@ def publish(
     the run is pushed there first and the tag points at the pushed commit. An existing tag
     is refused (before anything is pushed) unless ``force``.
     """
+    from zoo.runs.lock import command_line, target_lock
     from zoo.weights import files as export
     from zoo.weights import hub
 
@@ -103,25 +104,35 @@ def publish(
         raise WeightsError("publish needs a run directory or a model name to store the tag under")
     _check_name(model)
     target, pointer = weights_dir(model) / tag, weights_dir(model) / f"{tag}.json"
+    _check_free(model, tag, target, pointer, force=force)  # before anything is pushed
+    if hub_repo is not None and run_or_export is None:
+        raise WeightsError("publishing to the Hub needs a run or export directory")
+    if source is None and run_or_export is None:
+        raise WeightsError("publish needs a run directory or a hf-hub: source")
+    with target_lock(target, f"publish {model}.{tag} to", command=command_line()):
+        _check_free(model, tag, target, pointer, force=force)  # another publish may have won
+        if hub_repo is not None:
+            assert run_or_export is not None
+            commit = hub.push_commit(run_or_export, hub_repo, private=private)
+            source = f"{hub.HUB_PREFIX}{hub_repo}@{commit.oid}"  # pinned: the tag never drifts
+        if source is not None:
+            atomic_write_json(pointer, {"source": str(hub.parse_source(source))})
+            shutil.rmtree(target, ignore_errors=True)
+            return pointer
+        assert run_or_export is not None
+        run = Path(run_or_export)
+        export.check_export_target(run, target, force=True)
+        export.write_export(run, target)
+        pointer.unlink(missing_ok=True)
+    return target
+
+
+def _check_free(model: str, tag: str, target: Path, pointer: Path, *, force: bool) -> None:
     if (target.exists() or pointer.exists()) and not force:
         raise WeightsError(
             f"{model}.{tag} is already published ({weights_dir(model)}); pass --force to "
             "replace it or choose another tag"
         )
-    if hub_repo is not None:
-        if run_or_export is None:
-            raise WeightsError("publishing to the Hub needs a run or export directory")
-        commit = hub.push_commit(run_or_export, hub_repo, private=private)
-        source = f"{hub.HUB_PREFIX}{hub_repo}@{commit.oid}"  # pinned: the tag never drifts
-    if source is not None:
-        atomic_write_json(pointer, {"source": str(hub.parse_source(source))})
-        shutil.rmtree(target, ignore_errors=True)
-        return pointer
-    if run_or_export is None:
-        raise WeightsError("publish needs a run directory or a hf-hub: source")
-    export.export_run(run_or_export, target, force=True)
-    pointer.unlink(missing_ok=True)
-    return target
 
 
 def resolve_tag(model: str, tag: str | None) -> str:
