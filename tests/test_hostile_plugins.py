@@ -221,3 +221,22 @@ def test_slow_import_is_named_by_the_watchdog(
         scripts.import_source(str(script))
     assert "--import" in caplog.text and "slow.py" in caplog.text
     assert "still importing" in caplog.text
+
+
+def test_a_builder_that_exits_fails_the_command(tmp_path: Path, isolated_registry: None) -> None:
+    """The guard covers building too: a builder calling sys.exit(0) made `zoo train`, `zoo
+    bench` and `zoo info` exit 0 having done nothing."""
+    script = tmp_path / "exitbuild.py"
+    script.write_text(
+        "import sys, zoo\n@zoo.register_model\ndef exit_model(pretrained=False, **kw):\n"
+        "    sys.exit(0)\n"
+    )
+    for command in (["info", "exit_model"], ["bench", "exit_model", "-b", "2"]):
+        result = invoke(*command, "--import", str(script))
+        assert_refused(result, "exit_model", "SystemExit: 0")
+    recipe = tiny_recipe(epochs=1)
+    recipe["model"] = {"name": "exit_model"}
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    result = invoke("train", str(path), "--out", str(tmp_path / "run"), "--import", str(script))
+    assert_refused(result, "exit_model", "SystemExit: 0")
+    assert not (tmp_path / "run" / "summary.json").exists()

@@ -293,3 +293,20 @@ def test_idx_gzip_bomb_peak_memory_stays_within_twice_the_data(tmp_path: Path) -
     assert "refused:" in out.stderr and "more than" in out.stderr, out.stderr
     legit = 60000 * 28 * 28
     assert int(out.stdout.strip()) < 2 * legit, out.stdout
+
+
+def test_a_tiny_crop_pct_in_a_config_is_refused_before_resizing(tmp_path: Path) -> None:
+    """config.json's crop_pct divides the resize: 0.0002 made a 4x4 model resize each image
+    to 20,000 pixels a side (2.6 GB) before cropping."""
+    from PIL import Image
+
+    from zoo.weights.files import save_model_files
+
+    model = zoo.create("mlp_relu", in_chans=1, img_size=4, hidden_sizes=[8])
+    save_model_files(model, tmp_path / "m", input_size=[1, 4, 4], mean=(0.5,), std=(0.5,))
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["crop_pct"] = 0.0002
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    Image.new("L", (4, 4)).save(tmp_path / "x.png")
+    result = invoke("predict", str(tmp_path / "m"), str(tmp_path / "x.png"))
+    assert_refused(result, "config.json", "crop_pct 0.0002", "20,000 pixels")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from zoo.errors import ZooError
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
 
@@ -18,8 +21,12 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     """Open a temporary file next to ``path``; on success fsync it and rename it over
     ``path`` (and fsync the directory), on error remove it. Readers never see a partial file."""
     path = Path(path)
+    _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # name the file asked for, not the temporary one
+        raise OSError(e.errno, e.strerror, str(path)) from None
     try:
         # mkstemp makes the file private (0600); give it the mode open() would, so run
         # directories on a shared file system stay readable by the team as usual.
@@ -34,6 +41,32 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse to rename over ``path`` when it is a FIFO, a device, a socket or a directory:
+    the rename would replace ``/dev/null`` or a named pipe someone reads with a regular file.
+    A link is replaced (not followed), as before; a regular file is replaced."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+        return
+    kind = (
+        "a directory"
+        if stat.S_ISDIR(mode)
+        else "a FIFO"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a device"
+    )
+    raise ZooError(
+        f"refusing to write {path}: it is {kind}, not a regular file; choose a file path"
+    )
 
 
 def _umask() -> int:

@@ -40,6 +40,7 @@ __all__ = [
     "discover",
     "load_run",
     "load_sweep",
+    "md_text",
     "model_label",
     "write_plots",
 ]
@@ -72,7 +73,14 @@ class Sweep:
 
     @property
     def name(self) -> str:
-        return str(self.data.get("name") or self.path.parent.name)
+        return md_text(str(self.data.get("name") or self.path.parent.name))
+
+
+def md_text(text: str) -> str:
+    """``text`` from a run's files made safe inside a markdown heading, table cell or image
+    alt text: control characters escaped (one line), ``|`` escaped, ``<`` and ``>`` as
+    entities (no HTML from a file reaches the report)."""
+    return printable(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -85,7 +93,7 @@ def load_run(path: str | Path, label: str | None = None) -> LoadedRun:
     summary = _read_json(path / files.SUMMARY_NAME)
     return LoadedRun(
         path=path,
-        label=label or str(summary.get("name") or path.parent.name or path.name),
+        label=md_text(label or str(summary.get("name") or path.parent.name or path.name)),
         metrics=files.read_metrics(path),
         summary=summary,
         config=_read_json(path / files.CONFIG_NAME),
@@ -350,7 +358,7 @@ def _mixer_md(runs: Sequence[LoadedRun], timer: _Timer) -> list[str]:
 
 
 def _leaderboard_md(runs: Sequence[LoadedRun], timer: _Timer | None, figs: _Figures) -> list[str]:
-    entries = []
+    entries: list[dict[str, Any]] = []
     for run in runs:
         acc = run.summary.get("test_acc")
         if not isinstance(acc, int | float):
@@ -360,9 +368,9 @@ def _leaderboard_md(runs: Sequence[LoadedRun], timer: _Timer | None, figs: _Figu
             {
                 "label": run.label,
                 "model": model_label(run),
-                "dataset": run.summary.get("dataset", "?"),
+                "dataset": md_text(str(run.summary.get("dataset", "?"))),
                 "test_acc": acc,
-                "params": run.summary.get("params") or (rec.params if rec else None),
+                "params": _count(run.summary.get("params")) or (rec.params if rec else None),
                 "images_per_s": rec.images_per_s if rec else None,
             }
         )
@@ -396,6 +404,13 @@ def _leaderboard_md(runs: Sequence[LoadedRun], timer: _Timer | None, figs: _Figu
             f"| {params} | {ips} | {marks} |"
         )
     return [*lines, ""]
+
+
+def _count(value: Any) -> int | None:
+    """A parameter count from a file, or None when it is not a non-negative integer."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 def build_report(

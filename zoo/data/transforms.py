@@ -139,6 +139,13 @@ def _checked(cfg: dict[str, Any]) -> dict[str, Any]:
         cfg[key] = values
     if not _finite(cfg["crop_pct"]) or not 0 < cfg["crop_pct"] <= 1:
         raise DataError(f"crop_pct must be a number in (0, 1], got {cfg['crop_pct']!r}")
+    # images are resized to input_size / crop_pct before the crop: bound that as well
+    if max(size[1:]) / cfg["crop_pct"] > _MAX_SIDE:
+        raise DataError(
+            f"crop_pct {cfg['crop_pct']!r} would resize images to "
+            f"{max(size[1:]) / cfg['crop_pct']:,.0f} pixels a side before cropping them to "
+            f"{size[1]}x{size[2]}; at most {_MAX_SIDE} is allowed"
+        )
     for key, choices in (("interpolation", INTERPOLATIONS), ("crop_mode", CROP_MODES)):
         if cfg[key] not in choices:
             raise DataError(

@@ -412,8 +412,10 @@ def _check_size(entry: ModelEntry, kwargs: dict[str, Any]) -> None:
             skeleton = entry.builder(pretrained=False, **kwargs)
         tensors = [*skeleton.parameters(), *skeleton.buffers()]
         need = sum(t.numel() * t.element_size() for t in tensors)
-    except Exception as e:
-        if not _too_large(e):
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # SystemExit too: the real build below reports it
+        if not isinstance(e, Exception) or not _too_large(e):
             return  # the real build below reports bad arguments in its own words
         raise ModelArgumentError(
             f"{entry.name} with {shown} is too large to build: a size overflows what torch or "
@@ -480,6 +482,11 @@ def _build(entry: ModelEntry, kwargs: dict[str, Any], pretrained: bool) -> nn.Mo
         ) from None
     except ValueError as e:  # e.g. a layer refusing a size computed from the arguments
         raise _rejected(entry, kwargs, e) from None
+    except (SystemExit, GeneratorExit) as e:  # a builder cannot end zoo, or fake success
+        raise ModelArgumentError(
+            f"{entry.name} (from {entry.distribution}) tried to exit the program while "
+            f"building ({_short(e)}); fix or uninstall that builder"
+        ) from None
     cfg = dict(getattr(model, "zoo_cfg", None) or {"args": dict(kwargs)})
     cfg.update(architecture=entry.name, distribution=entry.distribution, version=entry.version)
     vars(model)["zoo_cfg"] = cfg  # plain attribute: how to rebuild this model

@@ -9,25 +9,27 @@ the same ``__module__`` in every process, and attributes its models to the file 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import re
 import sys
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from zoo.errors import PluginError
 from zoo.models import registry
 from zoo.models.plugins import describe_failure, guarded_import
 
-__all__ = ["import_all", "import_source", "is_script"]
+__all__ = ["deferred", "import_all", "import_source", "is_deferred", "is_script"]
 
 _MODULE_PREFIX = "zoo_scripts"
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ADVICE = "if it hangs, stop zoo (Ctrl-C) and fix or drop the --import"
 _imported: dict[str, str] = {}  # what was asked -> what is recorded (path or module name)
+_deferred: list[str] | None = None  # what was not imported, inside deferred()
 
 
 def is_script(spec: str) -> bool:
@@ -42,6 +44,25 @@ def _module_name(path: Path) -> str:
     return f"{_MODULE_PREFIX}.{stem}_{digest}"
 
 
+@contextlib.contextmanager
+def deferred() -> Iterator[list[str]]:
+    """Inside the block, :func:`import_source` resolves what it is given (the file must
+    exist, the module name must be valid) but runs none of it; the list collects what was
+    not imported. ``zoo train --dry-run`` reads a recipe this way: its ``imports:`` are code,
+    and a dry run must not run code."""
+    global _deferred
+    previous, _deferred = _deferred, []
+    try:
+        yield _deferred
+    finally:
+        _deferred = previous
+
+
+def is_deferred() -> bool:
+    """Whether imports are being resolved without running them (see :func:`deferred`)."""
+    return _deferred is not None
+
+
 def import_source(spec: str, base: str | Path | None = None) -> str:
     """Import the file or module ``spec`` (once per process) and return what a run records:
     the file's absolute path, or the module name. A relative path is looked up from the
@@ -51,6 +72,9 @@ def import_source(spec: str, base: str | Path | None = None) -> str:
     if not is_script(spec):
         if not _MODULE_NAME.match(spec):
             raise PluginError(f"--import {spec!r} is neither a .py file nor a module name")
+        if _deferred is not None:
+            _deferred.append(spec)
+            return spec
         try:
             with guarded_import(f"--import {spec}", _ADVICE):
                 importlib.import_module(spec)
@@ -72,6 +96,9 @@ def import_source(spec: str, base: str | Path | None = None) -> str:
         raise PluginError(f"--import {spec}: no such file; give the path of a .py file")
     path = path.resolve()
     name = _module_name(path)
+    if _deferred is not None and name not in sys.modules:
+        _deferred.append(str(path))
+        return str(path)
     if name not in sys.modules:
         module_spec = importlib.util.spec_from_file_location(name, path)
         if module_spec is None or module_spec.loader is None:

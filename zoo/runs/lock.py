@@ -101,8 +101,13 @@ def check_unlocked(run_dir: str | Path, what: str = "write") -> None:
     """Refuse when a live process holds the lock of ``run_dir``."""
     run_dir = Path(run_dir)
     info = holder(run_dir)
-    if info is not None and not _is_stale(info):
-        raise _refusal(run_dir, info, what)
+    if info is None or _is_stale(info) or _is_mine(info):
+        return  # nobody, a dead process, or this process (a run exporting its own weights)
+    raise _refusal(run_dir, info, what)
+
+
+def _is_mine(info: dict[str, Any]) -> bool:
+    return info.get("host") == socket.gethostname() and info.get("pid") == os.getpid()
 
 
 def command_line() -> str:

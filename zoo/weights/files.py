@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -349,8 +350,10 @@ def load_model_dir(directory: str | Path, plugin: str | None = None, **overrides
     import torch
 
     from zoo.models import registry
+    from zoo.runs.lock import check_unlocked
 
     directory = Path(directory)
+    check_unlocked(directory, "load the weights of")  # a run being trained is in flux
     config = read_config(directory)
     name = architecture_of(config)
     args = {**config["model_args"], **overrides}
@@ -363,8 +366,8 @@ def load_model_dir(directory: str | Path, plugin: str | None = None, **overrides
         imports = [str(i) for i in config.get("imports") or []]
         if not imports and str(dist).endswith(".py"):
             imports = [str(dist)]
-        if imports:
-            flags = " ".join(f"--import {i}" for i in imports)
+        if imports:  # quoted: the names come from the file, the command is for a shell
+            flags = " ".join(f"--import {shlex.quote(i)}" for i in imports)
             raise WeightsError(
                 f"{directory / CONFIG_NAME} needs architecture {name!r}, which is registered "
                 f"in {', '.join(imports)}; import it first: `zoo ... {flags}` on the command "
@@ -372,7 +375,7 @@ def load_model_dir(directory: str | Path, plugin: str | None = None, **overrides
             ) from None
         raise WeightsError(
             f"{directory / CONFIG_NAME} needs architecture {name!r}, which no "
-            f"installed plugin provides; install it with `pip install {dist}`"
+            f"installed plugin provides; install it with `pip install {shlex.quote(str(dist))}`"
         ) from None
     weights = directory / WEIGHTS_NAME
     found = _weight_shapes(weights)
@@ -397,6 +400,7 @@ def attach_trained_data_cfg(model: nn.Module, config: Mapping[str, Any], path: P
     from zoo.errors import DataError
 
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    built = cfg.get("input_size")  # what the model built from model_args takes
     timm_cfg = config.get("pretrained_cfg")  # timm's Hub format (timm/<name> architectures)
     timm_cfg = timm_cfg if isinstance(timm_cfg, dict) else {}
     for key in ("input_size", "mean", "std", *PREPROCESSING_KEYS):
@@ -414,7 +418,23 @@ def attach_trained_data_cfg(model: nn.Module, config: Mapping[str, Any], path: P
         resolve_data_config(cfg)  # checks every value a transform would use
     except DataError as e:
         raise WeightsError(f"{path}: {e}; re-export the model") from None
+    _check_input_size(tuple(cfg.get("input_size") or ()), built, cfg, path)
     vars(model)["pretrained_cfg"] = vars(model)["default_cfg"] = cfg
+
+
+def _check_input_size(
+    size: tuple[Any, ...], built: Any, cfg: Mapping[str, Any], path: Path
+) -> None:
+    """``input_size`` from the config must fit the model its ``model_args`` build: the same
+    channels, and the same size where the model takes only one (MLP, Mixer)."""
+    if not built or not size:
+        return
+    built = tuple(built)
+    if size[0] != built[0] or (cfg.get("fixed_input_size") and size != built):
+        raise WeightsError(
+            f"{path}: input_size {list(size)} does not fit the model its model_args build, "
+            f"which takes {list(built)}; the config is damaged, re-export the model"
+        )
 
 
 def _default_normalisation(cfg: dict[str, Any], path: Path) -> None:
@@ -497,6 +517,7 @@ def check_export_target(source: Path, out: Path, *, force: bool) -> None:
 
     if not source.is_dir():
         raise RunError(f"run directory {source} does not exist")
+    check_unlocked(source, "export")  # a run being trained: its files are in flux
     if out.resolve() == source.resolve():
         raise RunError(f"cannot export {source} onto itself; choose another --out")
     check_unlocked(out, "export onto")  # a run directory being trained into
@@ -504,6 +525,12 @@ def check_export_target(source: Path, out: Path, *, force: bool) -> None:
         raise RunError(f"{out} already exists; pass --force to replace it, or choose another --out")
     if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_NAME).is_file():
         raise RunError(f"refusing to replace {out}: it is not a zoo export; choose another --out")
+    trained = [n for n in ("checkpoints", "sweep.json") if os.path.lexists(out / n)]
+    if out.is_dir() and trained:  # an export never holds these: a run or sweep would be lost
+        raise RunError(
+            f"refusing to replace {out}: it is a training run or sweep (it holds {trained[0]}), "
+            "not an export; choose another --out"
+        )
 
 
 @contextlib.contextmanager

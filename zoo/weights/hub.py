@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from zoo._fs import check_regular
 from zoo.errors import HubError
+from zoo.runs.lock import check_unlocked
 from zoo.weights import files as export
 
 if TYPE_CHECKING:
@@ -131,6 +132,7 @@ def push_commit(
     directory = Path(path)
     if not directory.is_dir():
         raise HubError(f"cannot push {directory}: not a directory (give a run or export directory)")
+    check_unlocked(directory, "push")  # a run being trained: its files are in flux
     config = export.read_config(directory)
     export.load_model_dir(directory)  # never publish weights that do not load
     operations = [  # the real files, checked: never a link out of the directory or a FIFO

@@ -90,12 +90,13 @@ def publish(
     the run is pushed there first and the tag points at the pushed commit. An existing tag
     is refused (before anything is pushed) unless ``force``.
     """
-    from zoo.runs.lock import command_line, target_lock
+    from zoo.runs.lock import check_unlocked, command_line, target_lock
     from zoo.weights import files as export
     from zoo.weights import hub
 
     validate_tag(tag)
     if run_or_export is not None:
+        check_unlocked(run_or_export, "publish")  # a run being trained: its files are in flux
         found = export.architecture_of(export.read_config(run_or_export))
         if model is not None and model != found:
             raise WeightsError(f"{run_or_export} holds weights for {found!r}, not {model!r}")
