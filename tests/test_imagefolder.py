@@ -375,3 +375,48 @@ def test_a_split_folder_linked_out_of_the_root_is_refused(tmp_path: Path, cache:
     (root / "test").symlink_to(elsewhere / "test")
     with pytest.raises(DataError, match=r"point outside it: test;"):
         _build(root, cache, valid_size=1)
+
+
+# -- decoding in processes ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def many(tmp_path: Path) -> list[str]:
+    """~3 chunks of files, one missing and one corrupt among them."""
+    root = _fashion_folder(tmp_path / "many", per_class=200)
+    paths = sorted(str(p) for p in root.rglob("*.png"))
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nxx")
+    return [*paths[:10], str(tmp_path / "gone.png"), *paths[10:300], str(tmp_path / "bad.png"),
+            *paths[300:]]  # fmt: skip
+
+
+def test_processes_decode_exactly_what_one_thread_decodes(
+    many: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one = imagefolder._decode_parallel(many, 1, 28, 1)
+    monkeypatch.setattr(imagefolder, "_MIN_CHUNKS_FOR_PROCESSES", 2)
+    calls: list[int] = []
+    real = imagefolder._in_processes
+    monkeypatch.setattr(imagefolder, "_in_processes", lambda *a: calls.append(1) or real(*a))
+    forked = imagefolder._decode_parallel(many, 1, 28, 2)
+    assert calls == [1]  # the processes did the work
+    assert torch.equal(forked[0], one[0]) and torch.equal(forked[1], one[1])
+    assert forked[2:] == one[2:] and sorted(one[3]) == [10, 301]
+
+
+def test_a_decoding_process_that_dies_is_one_line_not_a_hang(
+    many: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image that crashed the decoder killed a worker process: the pool notices and the
+    error names the files of that chunk (a multiprocessing.Pool would wait for ever)."""
+    monkeypatch.setattr(imagefolder, "_MIN_CHUNKS_FOR_PROCESSES", 2)
+    real = imagefolder._DecodeJob.__call__
+
+    def crash(self: Any, start: int) -> Any:
+        if start == imagefolder._CHUNK:
+            os.kill(os.getpid(), 9)
+        return real(self, start)
+
+    monkeypatch.setattr(imagefolder._DecodeJob, "__call__", crash)
+    with pytest.raises(DataError, match=r"decoding process died while reading .*\.png \.\.\. "):
+        imagefolder._decode_parallel(many, 1, 28, 2)

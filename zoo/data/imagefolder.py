@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -488,7 +489,7 @@ def _decoded(
             img_size,
         )
     log.info(
-        "%s: decoded %d images in %.1f s (%d threads); caching them in %s",
+        "%s: decoded %d images in %.1f s (%d workers); caching them in %s",
         listing.root,
         total - len(bad),
         time.perf_counter() - start,
@@ -502,35 +503,121 @@ def _decoded(
 def _decode_parallel(
     paths: list[str], in_chans: int, img_size: int, workers: int
 ) -> tuple[torch.Tensor, torch.Tensor, int, dict[int, str]]:
-    """(images, readable mask, number resized, index -> why unreadable), decoded by
-    ``workers`` threads, each writing its chunks of rows into one preallocated tensor (the
-    decoder and file reads release the GIL). Unreadable rows are zeros."""
+    """(images, readable mask, number resized, index -> why unreadable), decoded in chunks of
+    :data:`_CHUNK` rows. Unreadable rows are zeros.
+
+    With ``workers`` >= 2 and enough images, the chunks go to forked worker processes: the
+    decoder releases the GIL but reading files, checking PNGs (zoo.data.png) and calling the
+    decoder do not, so threads contend for it (on 2 cores 2 threads decoded 1.3-1.5x as
+    fast as 1, 2 processes ~1.9x). Where ``fork`` is unavailable, threads do the same work."""
     out = torch.empty((len(paths), in_chans, img_size, img_size), dtype=torch.uint8)
     ok = torch.ones(len(paths), dtype=torch.bool)
-    blank = torch.zeros((in_chans, img_size, img_size), dtype=torch.uint8)
-
-    def work(start: int) -> tuple[int, dict[int, str]]:
-        resized, reasons, decoded = 0, {}, []
-        stop = min(start + _CHUNK, len(paths))
-        for i in range(start, stop):
-            try:
-                image, was_resized = read_image(paths[i], in_chans, img_size)
-            except UnreadableImage as e:
-                image, was_resized, reasons[i], ok[i] = blank, False, str(e), False
-            decoded.append(image)
-            resized += was_resized
-        torch.stack(decoded, out=out[start:stop])  # one copy per chunk, not one per image
-        return resized, reasons
-
     starts = range(0, len(paths), _CHUNK)
+    job = _DecodeJob(paths, in_chans, img_size)
     with quiet_decoder():
         if workers < 2 or len(starts) < 2:
-            results = [work(start) for start in starts]
+            results = [job(start) for start in starts]
+        elif len(starts) >= _MIN_CHUNKS_FOR_PROCESSES and _can_fork():
+            results = _in_processes(job, starts, workers)
         else:
             with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-                results = list(pool.map(work, starts))
-    reasons = {i: why for _, r in results for i, why in r.items()}
-    return out, ok, sum(r for r, _ in results), reasons
+                results = list(pool.map(job, starts))
+    resized, reasons = 0, {}
+    for start, (images, count, why) in zip(starts, results, strict=True):
+        out[start : start + len(images)] = images
+        resized += count
+        reasons.update(why)
+    if reasons:
+        ok[list(reasons)] = False
+    return out, ok, resized, reasons
+
+
+_MIN_CHUNKS_FOR_PROCESSES = 16  # below ~4,000 images starting processes costs more than it saves
+
+
+@dataclass
+class _DecodeJob:
+    """Decode one chunk of ``paths``: (uint8 images, number resized, index -> why unreadable).
+    A plain picklable callable, so threads and forked processes run the same code."""
+
+    paths: list[str]
+    in_chans: int
+    img_size: int
+
+    def __call__(self, start: int) -> tuple[torch.Tensor, int, dict[int, str]]:
+        stop = min(start + _CHUNK, len(self.paths))
+        images = torch.zeros((stop - start, self.in_chans, self.img_size, self.img_size),
+                             dtype=torch.uint8)  # fmt: skip
+        resized, reasons = 0, {}
+        for row, i in enumerate(range(start, stop)):
+            try:
+                image, was_resized = read_image(self.paths[i], self.in_chans, self.img_size)
+            except UnreadableImage as e:
+                reasons[i] = str(e)
+                continue
+            images[row] = image
+            resized += was_resized
+        return images, resized, reasons
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+_job: _DecodeJob | None = None  # the job of a forked decoding process
+
+
+def _fork_init(job: _DecodeJob) -> None:
+    global _job
+    _job = job
+    torch.set_num_threads(1)  # one process per core already
+    # Ctrl-C reaches the whole process group: only the parent handles it (and terminates
+    # the pool), so no worker prints a traceback; the pool's SIGTERM ends a worker at once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _fork_run(start: int) -> tuple[bytes, int, dict[int, str]]:
+    assert _job is not None
+    images, resized, reasons = _job(start)
+    return images.numpy().tobytes(), resized, reasons  # bytes: no shared memory needed
+
+
+def _in_processes(
+    job: _DecodeJob, starts: range, workers: int
+) -> list[tuple[torch.Tensor, int, dict[int, str]]]:
+    """Run ``job`` over ``starts`` in ``workers`` forked processes (the job is inherited, not
+    pickled); each chunk comes back as bytes through the pool's pipe. A worker that dies (an
+    image that crashes the decoder) is a :class:`DataError` naming its chunk's files, not a
+    hang; Ctrl-C cancels the chunks not started."""
+    import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
+
+    context = multiprocessing.get_context("fork")
+    shape = (job.in_chans, job.img_size, job.img_size)
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_fork_init, initargs=(job,)
+    )
+    results = []
+    try:
+        futures = [pool.submit(_fork_run, start) for start in starts]
+        for start, future in zip(starts, futures, strict=True):
+            try:
+                raw, resized, reasons = future.result()
+            except BrokenProcessPool:
+                last = min(start + _CHUNK, len(job.paths)) - 1
+                raise DataError(
+                    f"a decoding process died while reading {job.paths[start]} ... "
+                    f"{job.paths[last]}: one of these files crashes the image decoder; "
+                    "move them out of the folder"
+                ) from None
+            images = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(-1, *shape)
+            results.append((images, resized, reasons))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # running chunks are milliseconds
+    return results
 
 
 def _read_cache(path: Path, listing: _Listing) -> dict[str, _Pair] | None:
