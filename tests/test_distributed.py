@@ -175,7 +175,8 @@ def test_train_nproc_re_executes_under_torchrun(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(json.dumps(tiny()))
+    recipe.write_text(json.dumps({**tiny(), "device": "cpu"}))  # --nproc is bounded by CPUs
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)  # ... which a test machine may lack
     calls: list[list[str]] = []
 
     def execv(path: str, args: list[str]) -> None:
@@ -194,9 +195,12 @@ def test_train_nproc_re_executes_under_torchrun(
     assert result.exit_code == 2 and "already runs under torchrun" in result.output
 
 
-def test_dry_run_with_nproc_shows_the_per_process_plan(tmp_path: Path) -> None:
+def test_dry_run_with_nproc_shows_the_per_process_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(json.dumps(tiny()))
+    recipe.write_text(json.dumps({**tiny(), "device": "cpu"}))  # --nproc is bounded by CPUs
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
     result = CliRunner().invoke(cli, ["train", str(recipe), "--dry-run", "--nproc", "2"])
     assert result.exit_code == 0, result.output
     assert "# 2 processes" in result.output

@@ -217,3 +217,180 @@ def test_repeated_sweep_values(cwd: Path) -> None:
     path = write_recipe(cwd / "s.yaml", tiny_recipe(sweep={"optim.lr": [0.1, 0.01, 0.1]}))
     assert_refused(invoke("train", str(path), "--out", "sw"), "sweep.optim.lr", "repeats 0.1")
     assert not (cwd / "sw").exists()
+
+
+# -- --dry-run refuses what the run refuses, and option values out of range ----------------
+
+
+def _trained(cwd: Path, name: str, **changes: Any) -> Path:
+    path = write_recipe(cwd / f"{name}.yaml", tiny_recipe(epochs=1, **changes))
+    result = invoke("train", str(path), "--out", name)
+    assert result.exit_code == 0, result.output
+    return cwd / name
+
+
+def _hold_lock(run_dir: Path) -> None:
+    """A lock held by a live process on this host: the one that started the tests (the lock
+    of this process itself would be its own, which it may use)."""
+    import socket
+    import time
+
+    record = {"pid": os.getppid(), "host": socket.gethostname(), "started": time.time()}
+    (run_dir / ".zoo-lock").write_text(json.dumps({**record, "command": "zoo train"}))
+
+
+@pytest.mark.parametrize(
+    "out, fragment",
+    [
+        ("run", "--force"),
+        ("afile/x", "afile/x"),
+        ("/proc/zoo-run", "/proc/zoo-run"),
+        ("afile/deeper/x", "afile/deeper/x"),
+    ],
+    ids=["finished-run", "file", "proc", "file-deeper"],
+)
+def test_dry_run_refuses_an_out_the_run_refuses(
+    run: Path, cwd: Path, out: str, fragment: str
+) -> None:
+    path = write_recipe(cwd / "r.yaml", tiny_recipe(epochs=1))
+    before = snapshot(cwd)
+    assert_refused(invoke("train", str(path), "--dry-run", "--out", out), fragment)
+    assert_unchanged(cwd, before)
+
+
+def test_dry_run_of_a_resume_refuses_a_changed_recipe(cwd: Path) -> None:
+    rr = _trained(cwd, "rr")
+    before = snapshot(cwd)
+    result = invoke("train", "--resume", str(rr), "--dry-run", "--set", "optim.lr=0.5")
+    assert_refused(result, "cannot resume", "optim.lr")
+    assert_unchanged(cwd, before)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--resume", "rl", "--dry-run"], ["r.yaml", "--out", "rl", "--force", "--dry-run"]],
+    ids=["resume", "force"],
+)
+def test_dry_run_refuses_a_directory_a_live_process_writes(cwd: Path, args: list[str]) -> None:
+    write_recipe(cwd / "r.yaml", tiny_recipe(epochs=1))
+    _hold_lock(_trained(cwd, "rl"))
+    before = snapshot(cwd)
+    assert_refused(invoke("train", *args), "rl", "being written by", f"pid {os.getppid()}")
+    assert_unchanged(cwd, before)
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "train"])
+def test_a_published_tag_is_refused_before_training(run: Path, cwd: Path, dry_run: bool) -> None:
+    result = invoke("publish", str(run), "--tag", "exists")
+    assert result.exit_code == 0, result.output
+    path = write_recipe(cwd / "r.yaml", tiny_recipe(epochs=1))
+    before = snapshot(cwd)
+    args = ["train", str(path), "--out", "pt", "--set", "publish.tag=exists"]
+    line = assert_refused(
+        invoke(*args, *(["--dry-run"] if dry_run else [])),
+        "mlp_relu.exists",
+        "already published",
+        "--force",
+    )
+    assert "zoo publish" in line and "publish.tag=" in line
+    assert_unchanged(cwd, before)  # nothing trained, no pt/
+    # the way out the message names works
+    result = invoke(*args[:-1], "publish.tag=null", "--dry-run")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "train"])
+def test_nproc_above_the_cpus_is_refused(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch, dry_run: bool
+) -> None:
+    def execv(*args: Any) -> None:
+        raise AssertionError("torchrun was launched")
+
+    monkeypatch.setattr(os, "execv", execv)
+    path = write_recipe(cwd / "r.yaml", tiny_recipe(epochs=1))
+    cpus = os.cpu_count() or 1
+    before = snapshot(cwd)
+    args = ["train", str(path), "--device", "cpu", "--nproc", str(cpus + 1), "--out", "o"]
+    result = invoke(*args, *(["--dry-run"] if dry_run else []))
+    assert_refused(result, f"--nproc {cpus + 1}", f"{cpus} CPU", f"--nproc {cpus} or fewer")
+    assert_unchanged(cwd, before)
+
+
+@pytest.mark.parametrize(
+    "command, fragment",
+    [
+        (["bench", "mlp_relu", "-b", "2", "--min-time", "0", "--threads", "100000"], "--threads"),
+        (["bench", "mlp_relu", "-b", "2", "--min-time", "0", "--threads", "0"], "--threads"),
+        (["bench", "mlp_relu", "-b", "0", "--min-time", "0"], "--batch-size 0"),
+        (["predict", "run", "img.png", "--num-workers", "5000"], "--num-workers 5000"),
+        (["predict", "run", "img.png", "--num-workers", "-1"], "--num-workers -1"),
+        (["predict", "run", "img.png", "--batch-size", "100000000"], "--batch-size"),
+        (["eval", "run", "--batch-size", "0"], "--batch-size 0"),
+        (["eval", "run", "--batch-size", "-5"], "--batch-size -5"),
+    ],
+    ids=[
+        "bench-threads",
+        "bench-threads-0",
+        "bench-batch-0",
+        "predict-workers",
+        "predict-workers-negative",
+        "predict-batch",
+        "eval-batch-0",
+        "eval-batch-negative",
+    ],
+)
+def test_counts_out_of_range(run: Path, cwd: Path, command: list[str], fragment: str) -> None:
+    from PIL import Image
+
+    Image.new("L", (4, 4)).save(cwd / "img.png")
+    before = snapshot(cwd)
+    assert_refused(invoke(*command), fragment, "from ")
+    assert_unchanged(cwd, before)
+
+
+BAD = "o\udcffut"  # what Python makes of the bytes b"o\xffut" (bash $'o\xffut')
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "r.yaml", "--out", BAD],
+        ["train", "r.yaml", "--out", BAD, "--dry-run"],
+        ["train", "--resume", BAD],
+        ["plot", BAD],
+        ["plot", "run", "--out", BAD],
+        ["report", "run", "--no-bench", "--out", BAD],
+        ["export", BAD],
+        ["export", "run", "--out", BAD],
+        ["publish", BAD, "--tag", "t1"],
+        ["bench", "mlp_relu", "-b", "2", "--min-time", "0", "--out", BAD + ".json"],
+        ["eval", "run", "--out", BAD],
+        ["sweep", "status", BAD],
+    ],
+    ids=lambda args: "-".join(a for a in args if BAD not in a and not a.startswith("-"))[:40],
+)
+def test_paths_that_are_not_utf8(run: Path, cwd: Path, args: list[str]) -> None:
+    write_recipe(cwd / "r.yaml", tiny_recipe(epochs=1))
+    (cwd / BAD).mkdir()  # an existing directory of that name, for the commands that read one
+    before = snapshot(cwd)
+    assert_refused(invoke(*args), "o\\xffut", "not valid UTF-8")
+    assert_unchanged(cwd, before)
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "train"])
+def test_resume_with_force_is_refused(run: Path, cwd: Path, dry_run: bool) -> None:
+    before = snapshot(cwd)
+    result = invoke("train", "--resume", str(run), "--force", *(["--dry-run"] if dry_run else []))
+    assert_refused(result, "--force", "--resume")
+    assert_unchanged(cwd, before)
+
+
+def test_dry_run_of_a_sweep_refuses_what_the_sweep_refuses(cwd: Path) -> None:
+    sweep = {"optim.lr": [0.1, 0.01]}
+    path = write_recipe(cwd / "s.yaml", tiny_recipe(epochs=1, sweep=sweep))
+    assert invoke("train", str(path), "--out", "sw").exit_code == 0
+    before = snapshot(cwd)
+    for args in (["--out", "sw"], ["--out", "afile/sw"], ["--out", "sw", "--shard", "0/2"]):
+        assert_refused(invoke("train", str(path), "--dry-run", *args))
+    assert_refused(invoke("train", "--resume", "sw", "--dry-run", "--set", "seed=5"), "seed")
+    assert_unchanged(cwd, before)

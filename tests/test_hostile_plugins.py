@@ -240,3 +240,28 @@ def test_a_builder_that_exits_fails_the_command(tmp_path: Path, isolated_registr
     result = invoke("train", str(path), "--out", str(tmp_path / "run"), "--import", str(script))
     assert_refused(result, "exit_model", "SystemExit: 0")
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_dry_run_lists_a_recipes_imports_without_running_them(
+    tmp_path: Path, isolated_registry: None
+) -> None:
+    """A recipe's imports are code; `--dry-run` ("read it before running it") must not run
+    them. It resolves them (a missing file is still refused) and lists them."""
+    marker = tmp_path / "PWNED"
+    script = tmp_path / "recipes" / "models.py"
+    script.parent.mkdir()
+    script.write_text(
+        f"open({str(marker)!r}, 'w').close()\nimport zoo\n@zoo.register_model\n"
+        "def dry_script_mlp(pretrained=False, **kw):\n    return zoo.create('mlp_relu', **kw)\n"
+    )
+    recipe = tiny_recipe(epochs=1, imports=["models.py"])
+    recipe["model"] = {"name": "dry_script_mlp", "args": {"hidden_sizes": [8]}}
+    path = write_recipe(tmp_path / "recipes" / "r.yaml", recipe)
+    result = invoke("train", str(path), "--dry-run", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    assert not marker.exists()
+    assert f"not run by --dry-run): {script}" in result.output
+    assert "parameters not counted" in result.output
+    missing = write_recipe(tmp_path / "recipes" / "m.yaml", tiny_recipe(imports=["gone.py"]))
+    assert_refused(invoke("train", str(missing), "--dry-run"), "gone.py", "no such file")
+    assert not (tmp_path / "run").exists()

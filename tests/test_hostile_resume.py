@@ -230,3 +230,208 @@ def test_stop_of_a_run_without_out_names_its_directory(
     monkeypatch.setattr(loop, "_choose_weights", real)
     assert invoke("train", "--resume", str(run)).exit_code == 0
     assert (run / "summary.json").is_file()
+
+
+# -- a damaged history is restored from the checkpoint, an edited checkpoint refused -------
+
+
+def _metrics(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda rows: [],
+        lambda rows: rows[1:],
+        lambda rows: rows[::-1],
+        lambda rows: [*rows, {**rows[0], "epoch": 7}],
+        lambda rows: [{**rows[0], "valid_acc": 1.0}, rows[1]],
+    ],
+    ids=["emptied", "first-line-deleted", "out-of-order", "extra-epoch", "edited-value"],
+)
+def test_damaged_history_is_restored_from_the_checkpoint(
+    finished: Path, damage: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    original = _metrics(finished)
+    text = "".join(json.dumps(row) + "\n" for row in damage(original))
+    (finished / "metrics.jsonl").write_text(text)
+    with caplog.at_level(logging.WARNING):
+        result = invoke("train", "--resume", "run", "--set", "epochs=3")
+    assert result.exit_code == 0, result.output
+    warnings = [r.getMessage() for r in caplog.records if "restored it from" in r.getMessage()]
+    assert len(warnings) == 1 and "metrics.jsonl" in warnings[0], caplog.text
+    rows = _metrics(finished)
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert rows[:2] == original
+    summary = json.loads((finished / "summary.json").read_text())
+    assert summary["epochs_run"] == 3
+    best = max(rows, key=lambda row: row["valid_acc"])  # the first best epoch
+    assert summary["best_epoch"] == best["epoch"]
+
+
+def test_emptied_history_of_a_finished_run_is_restored_without_training(
+    finished: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    original = _metrics(finished)
+    (finished / "metrics.jsonl").write_text("")
+    with caplog.at_level(logging.WARNING):
+        result = invoke("train", "--resume", "run")
+    assert result.exit_code == 0, result.output
+    assert "restored it from the metrics history the checkpoint carries" in caplog.text
+    assert _metrics(finished) == original
+
+
+def test_damaged_history_without_a_copy_in_the_checkpoint_is_refused(finished: Path) -> None:
+    # a checkpoint written before checkpoints carried the metrics history
+    path = finished / "checkpoints" / "last.json"
+    record = json.loads(path.read_text())
+    del record["state"]["history"]
+    path.write_text(json.dumps(record))
+    lines = (finished / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (finished / "metrics.jsonl").write_text(lines[1])
+    result = invoke("train", "--resume", "run")
+    assert_refused(result, "metrics.jsonl", "lacks epoch 1")
+    assert (finished / "metrics.jsonl").read_text() == lines[1]
+
+
+def test_intact_history_without_a_copy_in_the_checkpoint_still_resumes(finished: Path) -> None:
+    path = finished / "checkpoints" / "last.json"
+    record = json.loads(path.read_text())
+    del record["state"]["history"]
+    path.write_text(json.dumps(record))
+    result = invoke("train", "--resume", "run", "--set", "epochs=3")
+    assert result.exit_code == 0, result.output
+    assert [row["epoch"] for row in _metrics(finished)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("epoch", [1, 3])
+def test_edited_checkpoint_epoch_is_refused(finished: Path, epoch: int) -> None:
+    path = finished / "checkpoints" / "last.json"
+    record = json.loads(path.read_text())
+    record["epoch"] = epoch
+    path.write_text(json.dumps(record))
+    before = snapshot(finished)
+    result = invoke("train", "--resume", "run", "--set", "epochs=3")
+    assert_refused(result, "last.json", f"says epoch {epoch}", "epoch 2")
+    after = snapshot(finished)  # epochs=3 rewrites recipe.yaml before the checkpoint is read
+    assert {k: v for k, v in after.items() if k != "recipe.yaml"} == {
+        k: v for k, v in before.items() if k != "recipe.yaml"
+    }
+
+
+def test_checkpoint_epoch_and_tensors_file_renamed_together_are_refused(finished: Path) -> None:
+    directory = finished / "checkpoints"
+    record = json.loads((directory / "last.json").read_text())
+    (directory / "epoch-0002.safetensors").rename(directory / "epoch-0001.safetensors")
+    record.update(epoch=1, tensors_file="epoch-0001.safetensors")
+    (directory / "last.json").write_text(json.dumps(record))
+    result = invoke("train", "--resume", "run")
+    assert_refused(result, "last.json", "says epoch 1", "epoch 2")
+
+
+def test_checkpoint_history_disagreeing_with_its_epoch_is_refused(finished: Path) -> None:
+    path = finished / "checkpoints" / "last.json"
+    record = json.loads(path.read_text())
+    record["state"]["history"] = record["state"]["history"][:1]
+    path.write_text(json.dumps(record))
+    assert_refused(invoke("train", "--resume", "run"), "last.json", "history")
+
+
+# -- a model that raises: one line naming it; the run directory left consistent -------------
+
+
+def _failing_model(
+    monkeypatch: pytest.MonkeyPatch, where: str = "forward", from_epoch: int = 1
+) -> dict[str, int]:
+    """Make the recipe's model raise ValueError('boom') in training from ``from_epoch`` on,
+    in its forward pass or (``where="backward"``) its backward pass."""
+    from zoo.training import loop
+
+    real_model_for, real_train_epoch = loop.model_for, loop.train_epoch
+    state = {"epoch": 0}
+
+    def boom(*args: Any) -> None:
+        raise ValueError("boom")
+
+    def model_for(recipe: Any, data: Any) -> Any:
+        model = real_model_for(recipe, data)
+        forward = model.forward
+
+        def failing(x: torch.Tensor) -> torch.Tensor:
+            out = forward(x)
+            if model.training and state["epoch"] >= from_epoch:
+                if where == "forward":
+                    boom()
+                out.register_hook(boom)
+            return out
+
+        model.forward = failing
+        return model
+
+    def train_epoch(run: Any, epoch: int, progress: Any) -> Any:
+        state["epoch"] = epoch
+        return real_train_epoch(run, epoch, progress)
+
+    monkeypatch.setattr(loop, "model_for", model_for)
+    monkeypatch.setattr(loop, "train_epoch", train_epoch)
+    return state
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_model_failing_before_the_first_checkpoint_leaves_nothing(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    path = write_recipe(cwd / "r.yaml", tiny_recipe())
+    with monkeypatch.context() as patch:
+        _failing_model(patch, where)
+        result = invoke("train", str(path), "--out", "run")
+        line = assert_refused(
+            result, "training mlp_relu failed", f"{where} pass", "ValueError: boom"
+        )
+    assert "nothing of the run is kept in run" in line
+    assert result.exit_code == 1
+    assert not (cwd / "run").exists()
+    result = invoke("train", str(path), "--out", "run")  # the same command, as the line says
+    assert result.exit_code == 0, result.output
+
+
+def test_model_failure_with_debug_shows_the_cause(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zoo.training.loop import ModelFailed
+
+    path = write_recipe(cwd / "r.yaml", tiny_recipe())
+    _failing_model(monkeypatch)
+    result = invoke("--debug", "train", str(path), "--out", "run")
+    assert isinstance(result.exception, ModelFailed), result.output
+    assert isinstance(result.exception.__cause__, ValueError)
+
+
+def test_model_failing_in_a_directory_with_a_recipe_says_resume(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (cwd / "run").mkdir()
+    (cwd / "run" / "recipe.yaml").write_text("name: old\n")
+    path = write_recipe(cwd / "r.yaml", tiny_recipe())
+    with monkeypatch.context() as patch:
+        _failing_model(patch)
+        line = assert_refused(invoke("train", str(path), "--out", "run", "--force"), "ValueError")
+    assert "`zoo train --resume run` starts run over from its recorded recipe" in line
+    result = invoke("train", "--resume", "run")  # as the line says
+    assert result.exit_code == 0, result.output
+    assert (cwd / "run" / "summary.json").is_file()
+
+
+def test_model_failing_after_a_checkpoint_keeps_it(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_recipe(cwd / "r.yaml", tiny_recipe(epochs=3))
+    with monkeypatch.context() as patch:
+        _failing_model(patch, from_epoch=2)
+        line = assert_refused(invoke("train", str(path), "--out", "run"), "forward pass")
+    assert "zoo train --resume run" in line
+    assert [row["epoch"] for row in _metrics(cwd / "run")] == [1]
+    result = invoke("train", "--resume", "run")
+    assert result.exit_code == 0, result.output
+    assert [row["epoch"] for row in _metrics(cwd / "run")] == [1, 2, 3]

@@ -8,8 +8,10 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 from typing import Any
 
 import click
@@ -88,6 +90,57 @@ def _import_option(command: Any) -> Any:
         help="Import this .py file or module first, for models it registers (repeatable); "
         "a run records it.",
     )(command)
+
+
+class _OptionError(ZooError):
+    """An option value zoo refuses (a path that is not UTF-8, a count out of range)."""
+
+
+def _label(param: click.Parameter) -> str:
+    if isinstance(param, click.Option):
+        return max(param.opts, key=len)
+    return (param.name or "argument").upper()
+
+
+def _utf8_path(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Callback of path options and run-directory arguments: refuse a name that is not valid
+    UTF-8 (bytes Python carries as surrogate escapes) up front. zoo records paths in run files,
+    logs, figures and suggested commands, none of which can hold such a name."""
+    for path in value if isinstance(value, tuple) else (value,):
+        if isinstance(path, str) and any(0xDC80 <= ord(c) <= 0xDCFF for c in path):
+            shown = repr(os.fsencode(path))[1:]  # b'o\xffut' -> 'o\xffut'
+            raise _OptionError(
+                f"{_label(param)} {shown}: the path is not valid UTF-8; zoo writes paths into "
+                "run files, logs and commands, so rename it or choose a UTF-8 name"
+            )
+    return value
+
+
+def _count(low: int, high: Any = None, what: str = "") -> Any:
+    """Callback bounding an integer option to ``low..high`` (``high`` may be a function, read
+    when the option is used); a value outside is refused in one line that gives the bounds.
+    None (the option left out) passes."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        top = high() if callable(high) else high
+        for number in value if isinstance(value, tuple) else (value,):
+            if number is None or (low <= number and (top is None or number <= top)):
+                continue
+            bounds = f"from {low} to {top}" if top is not None else f"at least {low}"
+            raise _OptionError(f"{_label(param)} {number}: give {bounds}{what}")
+        return value
+
+    return callback
+
+
+def _cpus() -> int:
+    return os.cpu_count() or 1
+
+
+MAX_BATCH = 1 << 16  # images in one batch: beyond any memory, and a mistyped value
+_BATCH = _count(1, MAX_BATCH)
+_THREADS = _count(1, lambda: 4 * _cpus(), " (4 x this machine's CPUs)")
+_WORKERS = _count(0, lambda: max(4, 2 * _cpus()), " (2 x this machine's CPUs, at least 4)")
 
 
 # -- registry ------------------------------------------------------------------------------
@@ -230,11 +283,13 @@ def check_cmd(
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
+    callback=_utf8_path,
     help="Run directory (default: runs/<name>/<timestamp>).",
 )
 @click.option(
     "--resume",
     type=click.Path(file_okay=False, exists=True),
+    callback=_utf8_path,
     help="Continue the run or sweep in this directory from its last checkpoint.",
 )
 @click.option(
@@ -315,15 +370,15 @@ def train_cmd(
     import sys
     from pathlib import Path
 
+    from zoo.models import scripts
     from zoo.recipe import load_recipe, parse_shard
     from zoo.training import distributed, launch, progress
     from zoo.training.loop import RunOptions
 
     if recipe is None and resume is None:
         raise click.UsageError("give a RECIPE file, or --resume RUN_DIR to continue a run")
+    launch.check_options(RunOptions(out_dir=out, resume=resume, force=force))
     place = distributed.from_env()
-    if nproc is not None and nproc > 1 and not dry_run:
-        _launch_torchrun(nproc, place)
     sets = [
         *overrides,
         *(
@@ -336,18 +391,30 @@ def train_cmd(
     source = recipe
     if source is None and resume is not None and (sets or dry_run):
         source = str(Path(resume) / "recipe.yaml")
-    loaded = load_recipe(source, sets, root=recipes_root) if source else None
-    imported = click.get_current_context().meta.get("zoo.imports", [])
-    if loaded is not None and imported:  # --import: recorded with the recipe's own imports
-        both = tuple(dict.fromkeys([*loaded.imports, *imported]))
-        loaded = dataclasses.replace(loaded, imports=both)
-    slice_ = parse_shard(shard) if shard else None
-    if dry_run:
-        assert loaded is not None
-        world = nproc or place.world_size
-        target = out if out is not None else resume  # a resumed run or sweep plans in place
-        _echo_plan(launch.plan(loaded, target, device=device, shard=slice_, world_size=world))
-        return
+    with contextlib.ExitStack() as stack:
+        # a dry run reads a recipe without running its imports (they are code): it lists them
+        not_run = stack.enter_context(scripts.deferred()) if dry_run else []
+        loaded = load_recipe(source, sets, root=recipes_root) if source else None
+        imported = click.get_current_context().meta.get("zoo.imports", [])
+        if loaded is not None and imported:  # --import: recorded with the recipe's imports
+            both = tuple(dict.fromkeys([*loaded.imports, *imported]))
+            loaded = dataclasses.replace(loaded, imports=both)
+        slice_ = parse_shard(shard) if shard else None
+        if nproc is not None and nproc > 1:
+            _check_nproc(nproc, device, loaded, resume)
+            if not dry_run:
+                _launch_torchrun(nproc, place)
+        if dry_run:
+            assert loaded is not None
+            world = nproc or place.world_size
+            planned = launch.plan(
+                loaded, out, device=device, shard=slice_, world_size=world, resume=resume,
+                force=force,
+            )  # fmt: skip
+            _echo_plan(planned)
+            if not_run:
+                click.echo(f"# imports (code, not run by --dry-run): {', '.join(not_run)}")
+            return
     options = RunOptions(out_dir=out, resume=resume, device=device, force=force, shard=slice_)
     if not place.is_main:  # rank 0 reports for the whole job
         launch.run_recipe(loaded, dataclasses.replace(options, progress=[]))
@@ -373,6 +440,22 @@ def train_cmd(
     _echo_outcome(path)
 
 
+def _check_nproc(nproc: int, device: str | None, recipe: Any, resume: str | None) -> None:
+    """Refuse more processes than the device the run trains on can take (--device, else the
+    recipe's, else the resumed run's recorded one)."""
+    from pathlib import Path
+
+    from zoo.devices import select_device
+    from zoo.runs import files
+    from zoo.training.distributed import check_nproc
+
+    if device is None and recipe is not None:
+        device = recipe.device
+    if device is None and resume is not None:
+        device = (files.read_recipe_data(Path(resume)) or {}).get("device")
+    check_nproc(nproc, select_device(device if isinstance(device, str) else None))
+
+
 def _launch_torchrun(nproc: int, place: Any) -> None:
     """Replace this process by `torchrun --standalone --nproc-per-node N -m zoo ...` with
     the same arguments minus --nproc; its exit status becomes this command's."""
@@ -393,6 +476,14 @@ def _launch_torchrun(nproc: int, place: Any) -> None:
     os.execv(command[0], command)
 
 
+def _params(count: int | None) -> str:
+    return (
+        "parameters not counted: its imports were not run"
+        if count is None
+        else (f"{count:,} parameters")
+    )
+
+
 def _echo_plan(plan: dict[str, Any]) -> None:
     click.echo(plan["recipe"].rstrip())
     click.echo(f"# device: {plan['device']}")
@@ -403,7 +494,7 @@ def _echo_plan(plan: dict[str, Any]) -> None:
     for run in plan["runs"]:
         splits = ", ".join(f"{k} {v}" for k, v in run["splits"].items())
         click.echo(
-            f"# {run['run_dir']}: {run['model']} ({run['params']:,} parameters) on "
+            f"# {run['run_dir']}: {run['model']} ({_params(run['params'])}) on "
             f"{run['dataset']} {'x'.join(map(str, run['input']))} ({splits}); "
             f"{run['epochs']} epochs of {run['steps_per_epoch']} steps"
             + (
@@ -445,7 +536,7 @@ def sweep_group() -> None:
 
 
 @sweep_group.command("status")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.argument("directory", type=click.Path(exists=True, file_okay=False), callback=_utf8_path)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def sweep_status_cmd(directory: str, as_json: bool) -> None:
     """Show which points of the sweep in DIRECTORY are done, running, failed or missing.
@@ -487,7 +578,13 @@ def _age(seconds: float | None) -> str:
 @cli.command("bench")
 @click.argument("models", nargs=-1, required=True)
 @click.option(
-    "-b", "--batch-size", "batch_sizes", type=int, multiple=True, help="Repeatable. [128]"
+    "-b",
+    "--batch-size",
+    "batch_sizes",
+    type=int,
+    multiple=True,
+    callback=_BATCH,
+    help="Repeatable. [128]",
 )
 @click.option(
     "--mode", type=click.Choice(["inference", "train", "both"]), default="both", show_default=True
@@ -506,7 +603,13 @@ def _age(seconds: float | None) -> str:
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model first.")
 @click.option("--compile-mode", default=None, help="torch.compile mode (implies --compile).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, mps, auto.")
-@click.option("--threads", type=int, default=None, help="torch intra-op threads while timing.")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    callback=_THREADS,
+    help="torch intra-op threads while timing (at most 4 x the CPUs).",
+)
 @click.option(
     "--min-time", type=float, default=1.0, show_default=True, help="Seconds of timed steps."
 )
@@ -518,7 +621,13 @@ def _age(seconds: float | None) -> str:
     show_default=True,
     help="json = JSON lines, one record per line, each with its env.",
 )
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write to FILE.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    callback=_utf8_path,
+    help="Write to FILE.",
+)
 @_import_option
 def bench_cmd(
     models: tuple[str, ...],
@@ -564,8 +673,12 @@ def bench_cmd(
 
 
 @cli.command("plot")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Write here.")
+@click.argument(
+    "sources", nargs=-1, required=True, type=click.Path(exists=True), callback=_utf8_path
+)
+@click.option(
+    "--out", type=click.Path(file_okay=False), default=None, callback=_utf8_path, help="Write here."
+)
 def plot_cmd(sources: tuple[str, ...], out: str | None) -> None:
     """Draw curves of runs (curves.png) and overlays + tables of sweeps (sweep.png,
     sweep.md), next to each source unless --out DIR is given."""
@@ -576,8 +689,14 @@ def plot_cmd(sources: tuple[str, ...], out: str | None) -> None:
 
 
 @cli.command("viz")
-@click.argument("source")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="PNG to write.")
+@click.argument("source", callback=_utf8_path)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    callback=_utf8_path,
+    help="PNG to write.",
+)
 @click.option("--img-size", type=int, default=None, help="For a model name: input size.")
 @click.option("--in-chans", type=int, default=None, help="For a model name: input channels.")
 def viz_cmd(source: str, out: str | None, img_size: int | None, in_chans: int | None) -> None:
@@ -589,8 +708,16 @@ def viz_cmd(source: str, out: str | None, img_size: int | None, in_chans: int | 
 
 
 @cli.command("report")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", type=click.Path(file_okay=False), default="report", show_default=True)
+@click.argument(
+    "sources", nargs=-1, required=True, type=click.Path(exists=True), callback=_utf8_path
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="report",
+    show_default=True,
+    callback=_utf8_path,
+)
 @click.option(
     "--bench-time",
     type=float,
@@ -628,7 +755,7 @@ def report_cmd(
 
 
 @cli.command("eval")
-@click.argument("source")
+@click.argument("source", callback=_utf8_path)
 @click.option(
     "--dataset",
     default=None,
@@ -645,7 +772,11 @@ def report_cmd(
     help="valid and train are the trainer's seeded split of the official training set.",
 )
 @click.option(
-    "--batch-size", type=int, default=None, help="Default: the run's evaluation batch size."
+    "--batch-size",
+    type=int,
+    default=None,
+    callback=_BATCH,
+    help="Default: the run's evaluation batch size.",
 )
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, mps, auto.")
 @click.option(
@@ -660,6 +791,7 @@ def report_cmd(
     "--out",
     metavar="DIR",
     default=None,
+    callback=_utf8_path,
     help="Also write metrics.json, confusion_matrix.png and reliability.png into DIR.",
 )
 @_import_option
@@ -694,7 +826,7 @@ def eval_cmd(
 
 
 @cli.command("predict")
-@click.argument("source")
+@click.argument("source", callback=_utf8_path)
 @click.argument("paths", nargs=-1, required=True)
 @click.option(
     "--topk",
@@ -711,18 +843,24 @@ def eval_cmd(
     help='json: [{"path", "top": [{"label", "index", "prob"}]}]; csv: one row per class.',
 )
 @click.option(
-    "--out", type=click.Path(dir_okay=False), default=None, help="Write to FILE (atomically)."
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    callback=_utf8_path,
+    help="Write to FILE (atomically).",
 )
 @click.option(
-    "--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images/batch."
+    "--batch-size", type=int, default=64, show_default=True, callback=_BATCH, help="Images/batch."
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N, mps.")
 @click.option(
     "--num-workers",
-    type=click.IntRange(min=0),
+    type=int,
     default=None,
+    callback=_WORKERS,
     help="DataLoader processes decoding images [up to 4, leaving a CPU to the model; 0: "
-    "decode in this process]. On CPU the model gets the CPUs the workers leave.",
+    "decode in this process; at most 2 x the CPUs]. On CPU the model gets the CPUs the "
+    "workers leave.",
 )
 @_import_option
 @click.pass_context
@@ -780,7 +918,7 @@ def predict_cmd(
 
 
 @cli.command("export")
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("run", type=click.Path(exists=True, file_okay=False), callback=_utf8_path)
 @click.option(
     "--format",
     "fmt",
@@ -798,7 +936,10 @@ def predict_cmd(
     help="onnx, torchscript, exported-program: accept any batch size (default: batch 1).",
 )
 @click.option(
-    "--out", default=None, help="Export directory (default: RUN/export, or RUN/export-FORMAT)."
+    "--out",
+    default=None,
+    callback=_utf8_path,
+    help="Export directory (default: RUN/export, or RUN/export-FORMAT).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing export directory.")
 def export_cmd(run: str, fmt: str, dynamic_batch: bool, out: str | None, force: bool) -> None:
@@ -823,7 +964,12 @@ def export_cmd(run: str, fmt: str, dynamic_batch: bool, out: str | None, force: 
 
 
 @cli.command("push")
-@click.argument("path", metavar="RUN_OR_EXPORT", type=click.Path(exists=True, file_okay=False))
+@click.argument(
+    "path",
+    metavar="RUN_OR_EXPORT",
+    type=click.Path(exists=True, file_okay=False),
+    callback=_utf8_path,
+)
 @click.argument("repo_id")
 @click.option("--private", is_flag=True, help="Create the repo as private (if it is new).")
 @click.option("--revision", default=None, help="Branch to commit to (default: main).")
@@ -853,7 +999,7 @@ def pull_cmd(repo_id: str, revision: str | None) -> None:
 
 
 @cli.command("publish")
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("run", type=click.Path(exists=True, file_okay=False), callback=_utf8_path)
 @click.option("--tag", required=True, help="Weight tag: use the model as zoo.create('NAME.TAG').")
 @click.option("--hub", "hub_repo", default=None, help="Push to this Hub repo; tag points to it.")
 @click.option("--private", is_flag=True, help="With --hub: create the repo as private.")

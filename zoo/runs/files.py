@@ -49,6 +49,8 @@ __all__ = [
     "check_run_dir",
     "claim_run_dir",
     "default_run_dir",
+    "finite",
+    "history_problem",
     "is_run_dir",
     "never_started",
     "read_json",
@@ -240,6 +242,51 @@ def read_metrics(run_dir: Path, *, missing_ok: bool = False) -> list[dict[str, A
     return rows
 
 
+def history_problem(
+    rows: Sequence[Mapping[str, Any]],
+    epoch: int,
+    saved: Sequence[Mapping[str, Any]] | None = None,
+) -> str | None:
+    """What is wrong with ``rows`` (of :func:`read_metrics`) as the history of a run whose
+    checkpoint holds ``epoch`` epochs, or None when they are epochs 1 to ``epoch`` in order,
+    perhaps followed by ``epoch + 1`` (a run stopped between writing that epoch's metrics and
+    its checkpoint leaves it; the resumed run trains that epoch again), and, given the
+    checkpoint's own copy (``saved``), equal to it."""
+    epochs = [row.get("epoch") for row in rows]
+    expected = list(range(1, epoch + 1))
+    if epochs[:epoch] == expected and epochs[epoch:] in ([], [epoch + 1]):
+        if saved is None:
+            return None
+        differ = [e for e, a, b in zip(expected, rows, saved, strict=False) if a != finite(b)]
+        return f"its records of {_epochs(differ)} were changed" if differ else None
+    problems = [f"line {i} has no epoch" for i, e in enumerate(epochs, start=1) if e is None]
+    have = [e for e in epochs if isinstance(e, int)]
+    missing = sorted(set(expected) - set(have))
+    if missing:
+        problems.append(f"it lacks {_epochs(missing)}")
+    twice = sorted({e for e in have if have.count(e) > 1})
+    if twice:
+        problems.append(f"it holds {_epochs(twice)} more than once")
+    later = sorted({e for e in have if not 1 <= e <= epoch + 1})
+    if later:
+        problems.append(f"it holds {_epochs(later)}, which the checkpoint does not")
+    if not problems:
+        problems.append(f"its epochs are out of order ({', '.join(map(str, have))})")
+    return "; ".join(problems)
+
+
+def _epochs(numbers: Sequence[int]) -> str:
+    """``epoch 3`` or ``epochs 1-3, 5``."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+    return f"epoch{'s' if len(numbers) > 1 else ''} {text}"
+
+
 def read_recipe_data(run_dir: Path, *, missing_ok: bool = True) -> dict[str, Any] | None:
     """``recipe.yaml`` as plain data, parsed by the guarded YAML loader (no validation:
     a recipe of a plugin that is not installed still reads). None when it is missing."""
@@ -296,7 +343,7 @@ def write_metrics(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """All epochs' records, one JSON object per line, replacing the file atomically. A value
     that is not a finite number (the accuracy of an empty validation split) is written as
     standard JSON ``null``, never as a bare ``NaN`` other readers refuse."""
-    text = "".join(json.dumps(_finite(r), allow_nan=False) + "\n" for r in rows)
+    text = "".join(json.dumps(finite(r), allow_nan=False) + "\n" for r in rows)
     atomic_write_text(Path(run_dir) / METRICS_NAME, text)
 
 
@@ -313,15 +360,16 @@ def trained_precision(recipe: Mapping[str, Any], summary: Mapping[str, Any]) -> 
 
 
 def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> None:
-    atomic_write_json(Path(run_dir) / SUMMARY_NAME, _finite(summary))
+    atomic_write_json(Path(run_dir) / SUMMARY_NAME, finite(summary))
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with NaN and infinities replaced by None, recursively."""
+def finite(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None, recursively (what
+    :func:`write_metrics` and :func:`write_summary` write)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value

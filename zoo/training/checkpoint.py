@@ -3,8 +3,10 @@
 A checkpoint is two files in ``<run>/checkpoints/``::
 
     epoch-0003.safetensors   every tensor: model weights, optimizer moments, RNG states
-    last.json                everything else (epoch, scheduler counters, param groups, ...)
-                             plus the name and sha256 of the safetensors file it belongs to
+    last.json                everything else (epoch, scheduler counters, param groups, the
+                             metrics history, ...) plus the name and sha256 of the
+                             safetensors file it belongs to, whose name and metadata repeat
+                             the epoch (an edited ``epoch`` is refused, not trained again)
 
 Writing order makes a crash harmless: the new safetensors file is written (atomically)
 under a fresh name, then ``last.json`` is renamed over the old one, which is the commit
@@ -180,14 +182,36 @@ def load_record(directory: str | Path) -> tuple[dict[str, Any], int]:
     directory = Path(directory)
     record = _read_record(directory)
     try:
-        state, epoch = record["state"], int(record["epoch"])
-    except (KeyError, ValueError, TypeError) as e:
+        state = record["state"]
+    except KeyError as e:
         raise RunError(
             f"checkpoint {directory / JSON_NAME} is malformed ({e!r}); start the run again"
         ) from None
     if not isinstance(state, dict):
         raise RunError(f"checkpoint {directory / JSON_NAME} is malformed; start the run again")
-    return state, epoch
+    return state, _epoch(directory, record)
+
+
+def _epoch(directory: Path, record: Mapping[str, Any], stored: str | None = None) -> int:
+    """The epoch ``record`` (last.json) says it completed, checked against the name of the
+    tensors file it names and (``stored``) the epoch written inside that file: an edited or
+    damaged ``epoch`` must not make a resumed run silently train an epoch again."""
+    path = directory / JSON_NAME
+    epoch = record.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise RunError(
+            f"checkpoint {path} is malformed (epoch {epoch!r:.40} is not a positive integer); "
+            "start the run again"
+        )
+    name = str(record["tensors_file"])
+    named = int(re.sub(r"\D", "", name))
+    for source, value in ((f"the name of its tensors file {name}", named), (name, stored)):
+        if value is not None and str(value) != str(epoch):
+            raise RunError(
+                f"checkpoint {path} says epoch {epoch}, but {source} says epoch {value}: "
+                "last.json was edited or damaged; restore it or start the run again"
+            )
+    return epoch
 
 
 def _read_record(directory: Path) -> dict[str, Any]:
@@ -234,11 +258,24 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], int]:
             f"checkpoint {directory / record['tensors_file']} does not match the hash in {path} "
             "(corrupted or truncated); start the run again"
         )
+    epoch = _epoch(directory, record, _stored_epoch(blob))
     try:
         tensors = load(blob)
-        return join_tensors(record["state"], tensors), int(record["epoch"])
+        return join_tensors(record["state"], tensors), epoch
     except (KeyError, ValueError, TypeError, SafetensorError) as e:  # valid JSON, wrong shape
         raise RunError(f"checkpoint {path} is malformed ({e!r}); start the run again") from None
+
+
+def _stored_epoch(blob: bytes) -> str | None:
+    """The epoch :func:`save_checkpoint` wrote into the metadata of a safetensors file (None
+    when it has none): the header is an 8-byte little-endian length and that much JSON."""
+    try:
+        size = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8 : 8 + size])
+        epoch = header.get("__metadata__", {}).get("epoch")
+    except (ValueError, AttributeError, RecursionError):
+        return None  # safetensors' own loader says what is wrong with it
+    return epoch if isinstance(epoch, str) else None
 
 
 def save_best(

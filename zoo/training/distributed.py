@@ -48,6 +48,7 @@ __all__ = [
     "barrier",
     "broadcast_buffers",
     "broadcast_object",
+    "check_nproc",
     "cleanup",
     "eval_slice",
     "from_env",
@@ -217,6 +218,28 @@ def rank_seed(seed: int, epoch: int, rank: int, purpose: str) -> int:
     distinct per rank, the same every time it is recomputed (so resuming needs no state)."""
     digest = hashlib.sha256(f"zoo/{purpose}/{seed}/{epoch}/{rank}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def check_nproc(nproc: int, device: str) -> None:
+    """Refuse ``--nproc N`` beyond what this machine trains ``device`` (a selected device,
+    see :func:`zoo.devices.select_device`) on: one process per GPU on cuda (NCCL), one per
+    CPU on the CPU (gloo), and one process on mps, which has no distributed backend."""
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        import torch
+
+        limit = torch.cuda.device_count()
+        what = f"this machine has {limit} GPU(s) and each process needs its own"
+    elif kind == "mps":
+        limit, what = 1, "distributed training supports cuda and cpu, not mps"
+    else:
+        limit = os.cpu_count() or 1
+        what = f"this machine has {limit} CPU(s)"
+    if nproc > limit:
+        raise RecipeError(
+            f"--nproc {nproc} is more than device {device} can run: {what}; use --nproc "
+            f"{limit} or fewer"
+        )
 
 
 def torchrun_command(argv: Sequence[str], nproc: int, python: str | None = None) -> list[str]:

@@ -40,13 +40,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zoo._fs import remove_entry
 from zoo.devices import PrecisionChoice, autocast_dtype, check_precision, select_device
-from zoo.errors import RecipeError, RunError, TrainingError
+from zoo.errors import RecipeError, RunError, TrainingError, ZooError
 from zoo.runs import files
-from zoo.runs.files import check_run_dir, claim_run_dir, read_metrics, write_errors
+from zoo.runs.files import (
+    check_run_dir,
+    claim_run_dir,
+    never_started,
+    read_metrics,
+    write_errors,
+)
 from zoo.training import distributed, precision
 from zoo.training.best import BestTracker
-from zoo.training.checkpoint import CHECKPOINT_DIR, get_rng_state, load_checkpoint, set_rng_state
+from zoo.training.checkpoint import (
+    CHECKPOINT_DIR,
+    JSON_NAME,
+    get_rng_state,
+    load_checkpoint,
+    set_rng_state,
+)
 from zoo.training.checkpoint import save_checkpoint as _save_checkpoint
 from zoo.training.distributed import SINGLE, Dist
 from zoo.training.evaluation import evaluate, evaluate_distributed
@@ -68,6 +81,7 @@ if TYPE_CHECKING:
     from zoo.recipe import Recipe
 
 __all__ = [
+    "ModelFailed",
     "RunOptions",
     "Terminated",
     "TrainState",
@@ -114,6 +128,27 @@ class TrainingInterrupted(TrainingError):
     continues."""
 
     exit_code = 130
+
+
+class ModelFailed(TrainingError):
+    """The model itself raised during training (its forward or backward pass): one line
+    naming the model and the exception, which is kept as ``__cause__`` (``--debug`` shows
+    its traceback)."""
+
+
+@contextlib.contextmanager
+def _model_errors(run: TrainState, phase: str) -> Iterator[None]:
+    """An exception the model raises in ``phase`` becomes a :class:`ModelFailed`; zoo's own
+    errors and Ctrl-C / SIGTERM (not an ``Exception``) pass through unchanged."""
+    try:
+        yield
+    except ZooError:
+        raise
+    except Exception as e:
+        what = " ".join(str(e).split()) or "no message"
+        raise ModelFailed(
+            f"training {run.recipe.model.name} failed in its {phase} ({type(e).__name__}: {what})"
+        ) from e
 
 
 class Terminated(KeyboardInterrupt):
@@ -379,7 +414,7 @@ def train_epoch(run: TrainState, epoch: int, progress: Progress) -> dict[str, fl
             has_grad = False
         x, target = reg.batch(x, y, mixing)
         with _sync_gradients(run, last):  # DDP: all-reduce only in a group's last backward
-            with run.autocast():
+            with run.autocast(), _model_errors(run, "forward pass"):
                 logits = run.forward(x)
                 loss = reg.loss(logits.float(), target, r.label_smoothing)
             value = loss.item()
@@ -389,7 +424,8 @@ def train_epoch(run: TrainState, epoch: int, progress: Progress) -> dict[str, fl
                 _on_bad_loss(run, value, epoch, step)
                 skipped += 1
             else:
-                _backward(run, loss / group if group > 1 else loss)
+                with _model_errors(run, "backward pass"):
+                    _backward(run, loss / group if group > 1 else loss)
                 has_grad = True
                 loss_sum += value * len(y)
                 correct += int((logits.argmax(1) == y).sum())  # against the unmixed labels
@@ -536,6 +572,7 @@ def _checkpoint_state(run: TrainState) -> dict[str, Any]:
         "best": run.best.state(),
         "ema": run.regularise.state(),
         "wall_time_s": run.wall_time_s,
+        "history": files.finite(run.history),  # restores a damaged metrics.jsonl
         "recipe_hash": run.recipe.hash(),
         "precision": run.precision.to_dict(),  # a resumed run computes as this one did
         **({"world_size": run.dist.world_size} if run.dist.enabled else {}),
@@ -567,8 +604,50 @@ def _restore(run: TrainState) -> int:
         run.best.load(state["best"])
         _restore_best_weights(run, state, epoch)
     run.wall_time_s = state["wall_time_s"]
-    run.history = [row for row in read_metrics(run.run_dir) if row["epoch"] <= epoch]
+    run.history = _restore_history(run, state.get("history"), epoch)
     return epoch
+
+
+def _restore_history(run: TrainState, saved: Any, epoch: int) -> list[dict[str, Any]]:
+    """The metrics of epochs 1 to ``epoch``: metrics.jsonl's when it holds exactly those,
+    else the copy the checkpoint carries (``saved``), written back to metrics.jsonl with a
+    warning. A checkpoint without that copy (written by an older zoo) refuses a metrics.jsonl
+    that does not match it, naming what is wrong; a damaged line is refused by
+    :func:`read_metrics`, naming it."""
+    path = run.run_dir / files.METRICS_NAME
+    rows = read_metrics(run.run_dir, missing_ok=True)
+    if saved is None:
+        problem = files.history_problem(rows, epoch)
+        if problem is not None:
+            raise RunError(
+                f"cannot resume {run.run_dir}: {path} does not match its checkpoint (epoch "
+                f"{epoch}): {problem}, and the checkpoint (written by an older zoo) carries no "
+                f"copy of the metrics; restore {path} or start the run again"
+            )
+        return rows[:epoch]
+    ckpt = run.run_dir / CHECKPOINT_DIR / JSON_NAME
+    if not isinstance(saved, list) or not all(isinstance(row, dict) for row in saved):
+        raise RunError(f"checkpoint {ckpt} is malformed (its history); start the run again")
+    history = [dict(row) for row in saved]
+    if [row.get("epoch") for row in history] != list(range(1, epoch + 1)):
+        raise RunError(
+            f"checkpoint {ckpt} says epoch {epoch}, but the metrics history it carries does not "
+            "run from epoch 1 to it: last.json was edited or damaged; start the run again"
+        )
+    problem = files.history_problem(rows, epoch, history)
+    if problem is None:
+        return history
+    if run.dist.is_main:
+        log.warning(
+            "%s does not match the checkpoint of epoch %d (%s); restored it from the metrics "
+            "history the checkpoint carries",
+            path,
+            epoch,
+            problem,
+        )
+        with write_errors(run.run_dir, "the restored metrics", epoch):
+            files.write_metrics(run.run_dir, history)
+    return history
 
 
 def _restore_best_weights(run: TrainState, state: Mapping[str, Any], epoch: int) -> None:
@@ -738,6 +817,7 @@ def fit(
     out_dir, resume, device, force = options.out_dir, options.resume, options.device, options.force
     started = time.perf_counter()
     place = distributed.from_env()
+    fresh = False  # whether this call created the run (see _failed)
     if resume is not None:
         run_dir = Path(resume)
         recipe = resume_recipe(run_dir, recipe)
@@ -764,6 +844,9 @@ def fit(
             log.info("resuming %s after epoch %d of %d", run_dir, first - 1, recipe.epochs)
             log.info("%s", run.precision.line())
     elif place.is_main:
+        # a directory this run starts in (nothing of a run in it) is left as it was found
+        # should the run fail before its first checkpoint: see _failed
+        fresh = not run_dir.exists() or (run_dir.is_dir() and never_started(run_dir))
         claim_run_dir(run_dir, force)
         files.write_recipe(run_dir, recipe.to_yaml())
     prior = run.wall_time_s
@@ -779,8 +862,16 @@ def fit(
         }
     )
     command = options.continue_with or resume_command(run_dir, options.device, place.world_size)
-    with _stop_on_signals(run):
-        _train(run, first, report, lambda: prior + time.perf_counter() - started, command)
+    try:
+        with _stop_on_signals(run):
+            _train(run, first, report, lambda: prior + time.perf_counter() - started, command)
+    except ModelFailed as e:
+        raise ModelFailed(
+            f"{e}; {_failed(run, fresh, command)} (--debug shows the traceback)"
+        ) from e.__cause__
+    except Exception:
+        _failed(run, fresh, command)
+        raise
     with write_errors(run.run_dir, "the final weights", recipe.epochs):
         summary = _finish(run, sweep_values, prior + time.perf_counter() - started)
     distributed.barrier()  # on every rank, fit returns once summary.json is written
@@ -788,6 +879,32 @@ def fit(
     if place.is_main:
         after_run(run_dir, recipe)
     return run_dir
+
+
+def _failed(run: TrainState, fresh: bool, command: str) -> str:
+    """After training failed (not stopped by a signal): what the run directory keeps and how
+    to go on. A run that failed before its first checkpoint, in a directory it started in
+    (``fresh``), removes the files it wrote, so that the same command runs again without
+    ``--force``; any other run keeps its directory, which ``command`` (``--resume``)
+    continues, or starts over from its recorded recipe when it holds no checkpoint yet."""
+    run_dir = run.run_dir
+    if (run_dir / CHECKPOINT_DIR / JSON_NAME).is_file():
+        return f"the last complete epoch stays checkpointed; fix the cause, then `{command}`"
+    if not fresh:
+        return (
+            f"no epoch was checkpointed; fix the cause, then `{command}` starts {run_dir} over "
+            "from its recorded recipe"
+        )
+    if run.dist.is_main:
+        for name in (files.RECIPE_NAME, files.METRICS_NAME, CHECKPOINT_DIR):
+            with contextlib.suppress(OSError):
+                remove_entry(run_dir / name)
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()  # unless it holds the run's lock, whose holder removes it
+    return (
+        f"no epoch was checkpointed, so nothing of the run is kept in {run_dir}; fix the "
+        "cause, then run the same command again"
+    )
 
 
 def _silent(event: Mapping[str, Any]) -> None:
@@ -807,7 +924,8 @@ def _train(
             start = time.perf_counter()
             lr = float(run.optimizer.param_groups[0]["lr"])  # the lr of the epoch's first step
             row = train_epoch(run, epoch, report)
-            valid_loss, valid_acc = _evaluate(run, run.data.valid)
+            with _model_errors(run, "validation forward pass"):
+                valid_loss, valid_acc = _evaluate(run, run.data.valid)
             metrics = {
                 "epoch": epoch,
                 "train_loss": row.pop("train_loss"),
@@ -848,7 +966,8 @@ def _validate_ema(run: TrainState) -> dict[str, float]:
     """valid_loss_ema / valid_acc_ema when the recipe keeps an EMA of the weights."""
     if run.regularise.ema is None:
         return {}
-    loss, acc = _evaluate(run, run.data.valid, run.regularise.ema_for_eval(run.device))
+    with _model_errors(run, "validation forward pass (of the EMA weights)"):
+        loss, acc = _evaluate(run, run.data.valid, run.regularise.ema_for_eval(run.device))
     return {"valid_loss_ema": loss, "valid_acc_ema": acc}
 
 

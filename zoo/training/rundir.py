@@ -18,7 +18,7 @@ from zoo.runs import files
 if TYPE_CHECKING:
     from zoo.recipe import Recipe
 
-__all__ = ["AfterRunError", "after_run", "default_run_dir", "resume_recipe"]
+__all__ = ["AfterRunError", "after_run", "check_publish", "default_run_dir", "resume_recipe"]
 
 # The trainer's logger, whose INFO lines the CLI shows (as zoo.training.progress does).
 log = logging.getLogger("zoo.training.loop")
@@ -71,6 +71,27 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def check_publish(recipe: Recipe) -> None:
+    """Refuse a ``publish.tag`` that is invalid or already published, before anything is
+    trained: :func:`after_run` would otherwise train the whole run and then fail to store it.
+    Reads the weights store only."""
+    tag = recipe.publish.tag
+    if not tag:
+        return
+    from zoo.weights import store
+
+    store.validate_tag(tag)
+    model = recipe.model.name
+    if tag in store.tags_for(model):
+        raise RunError(
+            f"publish.tag {tag!r}: {model}.{tag} is already published "
+            f"({store.weights_dir(model)}), so the run would train and then fail to store its "
+            f"weights; zoo train has no flag that replaces a tag: choose another with --set "
+            f"publish.tag=NEW, or leave it out with --set publish.tag=null and replace it after "
+            f"training with `zoo publish RUN_DIR --tag {tag} --force`"
+        )
 
 
 class AfterRunError(RunError):
