@@ -184,11 +184,19 @@ def test_a_lock_from_another_host_is_never_taken_over(tmp_path: Path) -> None:
         pass
 
 
-def test_a_lock_being_written_counts_as_held(tmp_path: Path) -> None:
+@pytest.mark.parametrize("content", ["", "garbage", "link"])
+def test_a_lock_being_written_or_unreadable_counts_as_held(tmp_path: Path, content: str) -> None:
+    """An empty lock is being written this instant; garbage or a link is not zoo's: refused
+    all the same, saying what is there and how to clear it (not "pid None on ?")."""
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / LOCK_NAME).write_text("")
-    with pytest.raises(RunError, match="being written"):
+    path = tmp_path / "run" / LOCK_NAME
+    if content == "link":
+        path.symlink_to(tmp_path / "elsewhere.json")
+    else:
+        path.write_text(content)
+    with pytest.raises(RunError, match="not a lock zoo can read") as caught:
         lock.check_unlocked(tmp_path / "run")
+    assert "None" not in str(caught.value) and f"remove {path}" in str(caught.value)
 
 
 def test_the_lock_is_released_and_an_unused_directory_removed(tmp_path: Path) -> None:

@@ -396,3 +396,19 @@ def test_config_input_size_that_does_not_fit_its_model_is_refused(
     Image.new("L", (28, 28)).save(world["root"] / "x.png")
     line = assert_refused(invoke("predict", str(run), str(world["root"] / "x.png")), "input_size")
     assert "does not fit" in line
+
+
+def test_force_onto_a_sweep_removes_its_points_too(world: dict[str, Path]) -> None:
+    """--force on a sweep's directory replaced sweep.json but left the points behind, mixed
+    into the new run; a point linked out is unlinked, not followed."""
+    root = world["root"]
+    sweep = write_recipe(root / "s.yaml", tiny_recipe(epochs=1, sweep={"optim.lr": [0.1, 0.01]}))
+    assert invoke("train", str(sweep), "--out", "sw").exit_code == 0
+    points = sorted(p.name for p in (root / "sw").iterdir() if p.is_dir())
+    assert points == ["optim.lr=0.01", "optim.lr=0.1"]
+    (root / "sw" / "mine.txt").write_text("kept: not a file of the sweep")
+    plain = write_recipe(root / "r.yaml", tiny_recipe(epochs=1))
+    assert invoke("train", str(plain), "--out", "sw", "--force").exit_code == 0
+    left = sorted(p.name for p in (root / "sw").iterdir())
+    assert not any(name.startswith("optim.lr=") for name in left), left
+    assert "mine.txt" in left and not (root / "sw" / "sweep.json").exists()

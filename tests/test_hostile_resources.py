@@ -310,3 +310,17 @@ def test_a_tiny_crop_pct_in_a_config_is_refused_before_resizing(tmp_path: Path) 
     Image.new("L", (4, 4)).save(tmp_path / "x.png")
     result = invoke("predict", str(tmp_path / "m"), str(tmp_path / "x.png"))
     assert_refused(result, "config.json", "crop_pct 0.0002", "20,000 pixels")
+
+
+@pytest.mark.parametrize("root", ["/dev/zero", "file"])
+def test_a_data_root_that_is_not_a_directory_is_refused(tmp_path: Path, root: str) -> None:
+    """Fashion-MNIST found elsewhere (Debian's copy) made `data.root: /dev/zero` train
+    silently from another folder than the recipe records."""
+    from zoo.data.datasets import build
+    from zoo.errors import DataError
+
+    path = Path(root) if root.startswith("/") else tmp_path / root
+    if not path.exists():
+        path.write_text("not a folder")
+    with pytest.raises(DataError, match="is not a directory"):
+        build("fashion_mnist", root=path)

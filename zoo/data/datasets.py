@@ -160,6 +160,11 @@ def build(
     if root is not None and "\0" in str(root):  # Path calls would answer False, not fail
         raise DataError(f"data.root {str(root)!r} holds a NUL byte; give a plain directory")
     resolved = Path(root).expanduser() if root is not None else default_root()
+    if root is not None and name != "synthetic" and resolved.exists() and not resolved.is_dir():
+        raise DataError(
+            f"data.root {resolved} is not a directory; give the folder that holds (or is to "
+            "hold) the dataset's files"
+        )
     if name == "synthetic":
         params = _synthetic_params(synthetic, valid_size)
         pool, test, classes = _make_synthetic(params)

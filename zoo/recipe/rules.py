@@ -101,7 +101,7 @@ _POSITIVE_INT = _range(1, fix="give a positive integer")
 CHECKS: dict[str, Callable[[Any, str, str], None]] = {
     "name": _regex(
         SAFE_NAME_RE,
-        "use only letters, digits, '.', '_' and '-' (no '/', no '..', not starting with '.')",
+        "use 1 to 100 letters, digits, '.', '_' and '-' (no '/', no '..', not starting with '.')",
     ),
     "epochs": _range(1, 1_000_000, fix="train for at least 1 epoch"),
     "seed": _range(0, 2**32 - 1, fix="use a seed between 0 and 4294967295"),

@@ -31,7 +31,7 @@ from zoo._fs import read_capped, remove_entry
 from zoo._io import atomic_write_json, atomic_write_text
 from zoo._yaml import parse_yaml
 from zoo.devices import PRECISIONS
-from zoo.errors import RecipeError, RunError
+from zoo.errors import RecipeError, RunError, ZooError
 
 __all__ = [
     "CARD_NAME",
@@ -153,6 +153,8 @@ def _clear_run_files(run_dir: Path) -> None:
             f"{run_dir.resolve()}; give the directory itself as --out"
         )
     try:
+        for name in _sweep_point_dirs(run_dir):  # a sweep's points are its files too
+            remove_entry(run_dir / name)
         for name in RUN_FILES:
             remove_entry(run_dir / name)
     except OSError as e:
@@ -160,6 +162,24 @@ def _clear_run_files(run_dir: Path) -> None:
             f"cannot clear {run_dir} for --force ({e.strerror or e}: {e.filename}); "
             "fix its permissions or choose another --out"
         ) from None
+
+
+def _sweep_point_dirs(run_dir: Path) -> list[str]:
+    """The point directories ``run_dir/sweep.json`` names (plain names inside ``run_dir``
+    only; an unreadable index names none: --force then keeps them, as other files)."""
+    try:
+        index = read_json(run_dir / SWEEP_INDEX_NAME, missing_ok=True) or {}
+    except ZooError:
+        return []
+    points = index.get("points") if isinstance(index, dict) else None
+    names = [
+        p.get("run_dir") or p.get("name") for p in points or [] if isinstance(p, dict)
+    ] if isinstance(points, list) else []  # fmt: skip
+    return [
+        n
+        for n in names
+        if isinstance(n, str) and n not in ("", ".", "..") and "/" not in n and "\0" not in n
+    ]
 
 
 @contextlib.contextmanager

@@ -88,6 +88,12 @@ def _describe(info: dict[str, Any]) -> str:
 
 
 def _refusal(run_dir: Path, info: dict[str, Any], what: str, lock: Path | None = None) -> RunError:
+    path = lock or run_dir / LOCK_NAME
+    if info.get("pid") is None:  # a link, garbage, or a lock being written this instant
+        return RunError(
+            f"cannot {what} {run_dir}: {path} is there but is not a lock zoo can read (a "
+            f"link or a damaged file); if no zoo process writes {run_dir}, remove {path}"
+        )
     remote = info.get("host") != socket.gethostname()
     fix = (
         f"if that process is gone, remove {lock or run_dir / LOCK_NAME}"

@@ -309,9 +309,10 @@ def _hub_errors(action: str, repo_id: str, revision: str | None) -> Iterator[Non
     except Exception as e:
         if not _is_network_error(e):
             raise
+        offline = "" if action == "push to" else ", or set HF_HUB_OFFLINE=1 to use cached models"
         raise HubError(
             f"cannot reach the Hub at {endpoint} to {action} {where} ({type(e).__name__}); check "
-            "your connection or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use cached models"
+            f"your connection or HF_ENDPOINT{offline}"
         ) from None
 
 
