@@ -869,6 +869,8 @@ def fit(
         raise ModelFailed(
             f"{e}; {_failed(run, fresh, command)} (--debug shows the traceback)"
         ) from e.__cause__
+    except TrainingInterrupted:
+        raise  # stopped by a signal: what was kept and the resume line are said already
     except Exception:
         _failed(run, fresh, command)
         raise
