@@ -228,7 +228,7 @@ def test_a_dataset_of_another_shape_is_refused_before_loading(run: Path) -> None
 def test_batch_size_below_one_is_refused(run: Path, size: str) -> None:
     done = invoke(str(run), "--batch-size", size)
     assert done.exit_code != 0
-    assert done.stderr.strip() == f"error: batch size must be an integer >= 1, got {size}"
+    assert done.stderr.strip() == f"error: --batch-size {size}: give from 1 to 65536"
 
 
 def test_an_empty_split_is_refused(run: Path, tmp_path: Path) -> None:

@@ -321,7 +321,6 @@ def test_nproc_above_the_cpus_is_refused(
     [
         (["bench", "mlp_relu", "-b", "2", "--min-time", "0", "--threads", "100000"], "--threads"),
         (["bench", "mlp_relu", "-b", "2", "--min-time", "0", "--threads", "0"], "--threads"),
-        (["bench", "mlp_relu", "-b", "0", "--min-time", "0"], "--batch-size 0"),
         (["predict", "run", "img.png", "--num-workers", "5000"], "--num-workers 5000"),
         (["predict", "run", "img.png", "--num-workers", "-1"], "--num-workers -1"),
         (["predict", "run", "img.png", "--batch-size", "100000000"], "--batch-size"),
@@ -331,7 +330,6 @@ def test_nproc_above_the_cpus_is_refused(
     ids=[
         "bench-threads",
         "bench-threads-0",
-        "bench-batch-0",
         "predict-workers",
         "predict-workers-negative",
         "predict-batch",

@@ -178,6 +178,7 @@ def test_json_nested_too_deep_or_with_a_huge_integer_is_one_line(
     "args, fragment",
     [
         (["-b", str(10**20)], "batch size must be between 1 and"),  # torch overflowed
+        (["-b", "0"], "batch size must be between 1 and"),
         (["--min-time", "1e308"], "min_time must be between 0 and 3600"),  # timed for ever
     ],
 )

@@ -291,7 +291,7 @@ CATALOGUE: list[tuple[str, str, tuple[str, ...], str]] = [
         "name-traversal",
         replaced("name: tiny", "name: ../evil"),
         (),
-        "name: got '../evil'; use only letters",
+        "name: got '../evil'; use 1 to 100 letters",
     ),
     ("name-slash", replaced("name: tiny", "name: a/b"), (), "name: got 'a/b'"),
     ("name-empty", replaced("name: tiny", "name: ''"), (), "name: got ''"),

@@ -17,11 +17,16 @@ __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_wri
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "wb", *, owned: bool = False
+) -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success fsync it and rename it over
-    ``path`` (and fsync the directory), on error remove it. Readers never see a partial file."""
+    ``path`` (and fsync the directory), on error remove it. Readers never see a partial file.
+
+    A FIFO, device or socket at ``path`` is refused (:class:`ZooError`), unless ``owned``:
+    a path only zoo writes (its caches), where such an entry is damage and is replaced."""
     path = Path(path)
-    _check_replaceable(path)
+    _check_replaceable(path, owned)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -43,7 +48,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     _fsync_dir(path.parent)
 
 
-def _check_replaceable(path: Path) -> None:
+def _check_replaceable(path: Path, owned: bool = False) -> None:
     """Refuse to rename over ``path`` when it is a FIFO, a device, a socket or a directory:
     the rename would replace ``/dev/null`` or a named pipe someone reads with a regular file.
     A link is replaced (not followed), as before; a regular file is replaced."""
@@ -53,7 +58,7 @@ def _check_replaceable(path: Path) -> None:
         return
     except OSError as e:
         raise OSError(e.errno, e.strerror, str(path)) from None
-    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode) or (owned and not stat.S_ISDIR(mode)):
         return
     kind = (
         "a directory"
@@ -93,5 +98,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, owned: bool = False) -> None:
+    """``obj`` as JSON, atomically; ``owned`` as in :func:`atomic_open`."""
+    with atomic_open(path, "wb", owned=owned) as f:
+        f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))

@@ -583,8 +583,7 @@ def _age(seconds: float | None) -> str:
     "batch_sizes",
     type=int,
     multiple=True,
-    callback=_BATCH,
-    help="Repeatable. [128]",
+    help="Repeatable. [128] (bounded by a size estimate against the device's memory)",
 )
 @click.option(
     "--mode", type=click.Choice(["inference", "train", "both"]), default="both", show_default=True

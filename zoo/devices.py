@@ -366,8 +366,8 @@ def _write_cache(path: Path, record: Mapping[str, Any]) -> None:
     The write replaces a link at ``path`` with a file; it never writes through one."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, {"version": _CACHE_VERSION, **record})
-    except OSError as e:
+        atomic_write_json(path, {"version": _CACHE_VERSION, **record}, owned=True)
+    except (OSError, ZooError) as e:  # a directory in the way: measured again next time
         log.warning("could not cache the precision probe in %s (%s)", path, e)
 
 

@@ -95,7 +95,10 @@ def peak_flops(
                 record["peak_flops_per_s"],
             )
         else:
-            atomic_write_json(path, record)
+            try:  # a cache: damage there is replaced; a directory in the way costs a probe
+                atomic_write_json(path, record, owned=True)
+            except (OSError, ZooError) as e:
+                log.warning("could not cache the peak probe in %s (%s)", path, e)
         cached = False
     else:
         cached = True

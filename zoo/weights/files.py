@@ -400,7 +400,6 @@ def attach_trained_data_cfg(model: nn.Module, config: Mapping[str, Any], path: P
     from zoo.errors import DataError
 
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    built = cfg.get("input_size")  # what the model built from model_args takes
     timm_cfg = config.get("pretrained_cfg")  # timm's Hub format (timm/<name> architectures)
     timm_cfg = timm_cfg if isinstance(timm_cfg, dict) else {}
     for key in ("input_size", "mean", "std", *PREPROCESSING_KEYS):
@@ -418,22 +417,25 @@ def attach_trained_data_cfg(model: nn.Module, config: Mapping[str, Any], path: P
         resolve_data_config(cfg)  # checks every value a transform would use
     except DataError as e:
         raise WeightsError(f"{path}: {e}; re-export the model") from None
-    _check_input_size(tuple(cfg.get("input_size") or ()), built, cfg, path)
+    _check_input_size(tuple(cfg.get("input_size") or ()), config["model_args"], cfg, path)
     vars(model)["pretrained_cfg"] = vars(model)["default_cfg"] = cfg
 
 
 def _check_input_size(
-    size: tuple[Any, ...], built: Any, cfg: Mapping[str, Any], path: Path
+    size: tuple[Any, ...], args: Mapping[str, Any], cfg: Mapping[str, Any], path: Path
 ) -> None:
-    """``input_size`` from the config must fit the model its ``model_args`` build: the same
-    channels, and the same size where the model takes only one (MLP, Mixer)."""
-    if not built or not size:
-        return
-    built = tuple(built)
-    if size[0] != built[0] or (cfg.get("fixed_input_size") and size != built):
+    """``input_size`` from the config must fit the model its ``model_args`` build: the
+    channels of ``in_chans``, and the ``img_size`` of a model that takes only one (MLP,
+    Mixer)."""
+    chans, side = args.get("in_chans"), args.get("img_size")
+    wrong = isinstance(chans, int) and len(size) == 3 and size[0] != chans
+    if cfg.get("fixed_input_size") and isinstance(side, int) and len(size) == 3:
+        wrong = wrong or tuple(size[1:]) != (side, side)
+    if wrong:
+        built = [chans if isinstance(chans, int) else size[0], *([side, side] if side else [])]
         raise WeightsError(
             f"{path}: input_size {list(size)} does not fit the model its model_args build, "
-            f"which takes {list(built)}; the config is damaged, re-export the model"
+            f"which takes {built}; the config is damaged, re-export the model"
         )
 
 
