@@ -113,14 +113,19 @@ def zoo_epoch(folder: Path, cache: Path, seed: int) -> tuple[float, int, float]:
     return time.perf_counter() - start, seen, loaded
 
 
-def zoo_decode(folder: Path) -> tuple[float, int]:
-    """(seconds, images) of a build into an empty cache."""
+def zoo_decode(folder: Path, processes: bool = True) -> tuple[float, int]:
+    """(seconds, images) of a build into an empty cache; ``processes=False`` decodes in a
+    thread pool instead (zoo before it forked worker processes), for comparison."""
     cache = Path(tempfile.mkdtemp(prefix="zoo-bench-cache-"))
+    saved = imagefolder._MIN_CHUNKS_FOR_PROCESSES
+    if not processes:
+        imagefolder._MIN_CHUNKS_FOR_PROCESSES = 1 << 62
     try:
         start = time.perf_counter()
         data = imagefolder.build(folder, in_chans=1, img_size=SIZE, cache_dir=cache)
         seconds = time.perf_counter() - start
     finally:
+        imagefolder._MIN_CHUNKS_FOR_PROCESSES = saved
         shutil.rmtree(cache)
     return seconds, len(data.train) + len(data.valid)
 
@@ -176,7 +181,7 @@ def main() -> None:
     count = write_folder(args.folder)
     load_before = load_average()
     torch.set_num_threads(1)  # zoo's batches use 1 thread, as each DataLoader worker does
-    zoo_runs, tv_runs, zoo_dec, pil_dec, cache_loads = [], [], [], [], []
+    zoo_runs, tv_runs, zoo_dec, pil_dec, cache_loads, thread_dec = [], [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="zoo-bench-warm-") as warm:
         imagefolder.build(args.folder, in_chans=1, img_size=SIZE, cache_dir=Path(warm))
         for r in range(args.repeats):
@@ -189,10 +194,13 @@ def main() -> None:
     for _ in range(args.repeats):
         zoo_dec.append(zoo_decode(args.folder))
         pil_dec.append(pil_decode(args.folder))
+        thread_dec.append(zoo_decode(args.folder, processes=False))
     epoch_rows = [_row("zoo (cache + batches, 1 thread)", zoo_runs)]
     epoch_rows.append(_row("torchvision ImageFolder + PIL, DataLoader(num_workers=2)", tv_runs))
-    decode_rows = [_row(f"zoo imagefolder.build, empty cache ({threads} threads)", zoo_dec)]
+    name = f"zoo imagefolder.build, empty cache ({threads} worker processes)"
+    decode_rows = [_row(name, zoo_dec)]
     decode_rows.append(_row("PIL decode loop (1 thread)", pil_dec))
+    decode_rows.append(_row(f"for comparison: zoo in {threads} threads (before)", thread_dec))
     result = {
         "benchmark": "imagefolder_pipeline",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -215,7 +223,8 @@ def main() -> None:
             "ratio": decode_rows[0]["median"] / decode_rows[1]["median"],
             "target": 2.0,
             "how": (
-                "zoo's time includes listing and stat-ing the files, decoding in a thread pool, "
+                "zoo's time includes listing and stat-ing the files, decoding in forked worker "
+                "processes, "
                 "mean/std and writing the safetensors cache; the PIL loop's includes listing "
                 "and decoding into one uint8 tensor."
             ),
