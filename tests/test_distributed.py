@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -181,7 +182,7 @@ def test_train_nproc_re_executes_under_torchrun(
 
     def execv(path: str, args: list[str]) -> None:
         calls.append(args)
-        raise SystemExit(0)  # execv never returns
+        raise click.exceptions.Exit(0)  # execv never returns
 
     monkeypatch.setattr(os, "execv", execv)
     monkeypatch.setattr(sys, "argv", ["zoo", "train", str(recipe), "--nproc", "2"])

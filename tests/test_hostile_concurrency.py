@@ -276,3 +276,29 @@ def test_export_force_onto_a_training_run_is_refused(cwd: Path) -> None:
     line = assert_refused(invoke("export", str(other), "--out", "victim", "--force"), "victim")
     assert "training run" in line
     assert_unchanged(cwd / "victim", before)
+
+
+def test_resume_of_an_export_is_refused_and_not_suggested(cwd: Path) -> None:
+    """An export (weights, no checkpoints/) is not a run: --resume retrained it from its
+    recipe.yaml and overwrote the exported weights."""
+    run, _ = make_run(cwd / "run")
+    assert invoke("export", str(run), "--out", "exp").exit_code == 0
+    before = snapshot(cwd / "exp")
+    path = write_recipe(cwd / "r.yaml", tiny_recipe(epochs=1))
+    line = assert_refused(invoke("train", str(path), "--out", "exp"), "exp", "already exists")
+    assert "--resume" not in line
+    assert_refused(invoke("train", "--resume", "exp"), "export, not a run")
+    assert_unchanged(cwd / "exp", before)
+
+
+def test_a_run_resumed_and_stopped_before_finishing_is_not_exported(cwd: Path) -> None:
+    """Its weights and summary are from the first finish, its history and checkpoint from the
+    stopped resume: an export would mix the two."""
+    path = write_recipe(cwd / "r.yaml", tiny_recipe(epochs=1))
+    assert invoke("train", str(path), "--out", "run").exit_code == 0
+    record = json.loads((cwd / "run" / "checkpoints" / "last.json").read_text())
+    record["epoch"] = 5  # as a resume stopped at epoch 5 leaves it (summary: 1 epoch)
+    (cwd / "run" / "checkpoints" / "last.json").write_text(json.dumps(record))
+    for command in (["export", "run", "--out", "exp"], ["publish", "run", "--tag", "t"]):
+        assert_refused(invoke(*command), "stopped at epoch 5", "zoo train --resume run")
+    assert not (cwd / "exp").exists()

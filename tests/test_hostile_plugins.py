@@ -265,3 +265,52 @@ def test_dry_run_lists_a_recipes_imports_without_running_them(
     missing = write_recipe(tmp_path / "recipes" / "m.yaml", tiny_recipe(imports=["gone.py"]))
     assert_refused(invoke("train", str(missing), "--dry-run"), "gone.py", "no such file")
     assert not (tmp_path / "run").exists()
+
+
+_MISBEHAVING = """
+import os, sys, torch, zoo
+calls = {{"n": 0}}
+
+
+class Bad(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(16, 3)
+        self.num_classes = 3
+
+    def forward(self, x):
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            {action}
+        return self.fc(x.flatten(1))
+
+
+@zoo.register_model
+def {name}(pretrained=False, **kw):
+    return Bad()
+"""
+
+
+@pytest.mark.parametrize(
+    "action, shown",
+    [("sys.exit(0)", "SystemExit"), ("raise GeneratorExit", "GeneratorExit"),
+     ("raise ValueError('boom')", "ValueError: boom")],
+)  # fmt: skip
+def test_a_forward_that_exits_or_raises_fails_train_and_bench_in_one_line(
+    tmp_path: Path, isolated_registry: None, action: str, shown: str
+) -> None:
+    """A model's forward calling sys.exit(0) made train, eval, predict and bench exit 0
+    having done nothing; GeneratorExit or an error gave a traceback."""
+    name = "misbehaving_" + str(abs(hash(action)) % 10_000)
+    script = tmp_path / "bad.py"
+    script.write_text(_MISBEHAVING.format(action=action, name=name))
+    recipe = tiny_recipe(epochs=1)
+    recipe["model"] = {"name": name}
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    run = tmp_path / "run"
+    result = invoke("train", str(path), "--out", str(run), "--import", str(script))
+    assert_refused(result, name, shown)
+    assert not run.exists()  # nothing was checkpointed: nothing is kept
+    bench = invoke("bench", name, "-b", "2", "--img-size", "4", "--in-chans", "1",
+                   "--min-time", "0.01", "--import", str(script))  # fmt: skip
+    assert_refused(bench, name, shown)

@@ -172,3 +172,13 @@ def test_a_key_the_outer_file_overrides_is_blamed_on_the_outer_file(
     path = write_recipe(recipes / "top.yaml", {"extends": "base.yaml", "epochs": -1})
     line = assert_refused(invoke("train", str(path)), "epochs", "-1")
     assert line.startswith(f"error: {path}: epochs")
+
+
+def test_a_sweep_with_a_publish_tag_is_refused_before_training(tmp_path: Path) -> None:
+    """Every point would publish to the same tag: the second failed after training."""
+    recipe = tiny_recipe(epochs=1, sweep={"optim.lr": [0.1, 0.01]}, publish={"tag": "v2"})
+    path = write_recipe(tmp_path / "s.yaml", recipe)
+    for extra in ([], ["--dry-run"]):
+        result = invoke("train", str(path), "--out", str(tmp_path / "sw"), *extra)
+        assert_refused(result, "publish.tag", "same tag")
+    assert not (tmp_path / "sw").exists()

@@ -31,6 +31,19 @@ class _ZooGroup(click.Group):
                 raise
             click.echo(f"error: {printable(str(e))}", err=True)  # one line, whatever it quotes
             ctx.exit(e.exit_code)
+        except (SystemExit, GeneratorExit) as e:
+            # zoo ends commands with ctx.exit (click's Exit), never SystemExit: this one was
+            # raised by code zoo ran (a model's forward, a plugin), which must not end zoo,
+            # let alone with a success code for work it never did.
+            if ctx.meta.get("zoo.debug"):
+                raise
+            click.echo(
+                f"error: code run by this command raised {type(e).__name__}"
+                f"({printable(repr(e.args[0]) if e.args else '')}) and would have ended zoo "
+                "without finishing; a model or plugin calls sys.exit? (--debug shows where)",
+                err=True,
+            )
+            ctx.exit(1)
         except OSError as e:
             # A path the user gave that cannot be written or read (its parent is a file, it
             # is under /proc, read-only, too long): one line, like a ZooError.
@@ -413,7 +426,8 @@ def train_cmd(
             )  # fmt: skip
             _echo_plan(planned)
             if not_run:
-                click.echo(f"# imports (code, not run by --dry-run): {', '.join(not_run)}")
+                listed = ", ".join(dict.fromkeys(not_run))  # each point read them again
+                click.echo(f"# imports (code, not run by --dry-run): {listed}")
             return
     options = RunOptions(out_dir=out, resume=resume, device=device, force=force, shard=slice_)
     if not place.is_main:  # rank 0 reports for the whole job

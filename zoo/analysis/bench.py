@@ -368,24 +368,43 @@ def measure(
     saved = torch.get_num_threads()
     torch.set_num_threads(threads or saved)
     try:
-        return _measure(
-            model,
-            batch_size,
-            mode=mode,
-            img_size=img_size,
-            in_chans=in_chans,
-            precision=precision,
-            channels_last=channels_last,
-            compile=compile,
-            device=device,
-            min_time=min_time,
-            min_reps=min_reps,
-            warmup=warmup,
-            warmup_time=min_time / 5 if warmup_time is None else warmup_time,
-            max_reps=max_reps,
-        )
+        with _model_errors(model, mode):
+            return _measure(
+                model,
+                batch_size,
+                mode=mode,
+                img_size=img_size,
+                in_chans=in_chans,
+                precision=precision,
+                channels_last=channels_last,
+                compile=compile,
+                device=device,
+                min_time=min_time,
+                min_reps=min_reps,
+                warmup=warmup,
+                warmup_time=min_time / 5 if warmup_time is None else warmup_time,
+                max_reps=max_reps,
+            )
     finally:
         torch.set_num_threads(saved)
+
+
+@contextlib.contextmanager
+def _model_errors(model: str | nn.Module, mode: str) -> Iterator[None]:
+    """An exception the measured model raises (a forward that does not fit the input, a
+    plugin's bug, even ``sys.exit``) becomes one :class:`BenchError` naming the model; zoo's
+    own errors and Ctrl-C pass through."""
+    try:
+        yield
+    except ZooError:
+        raise
+    except (Exception, SystemExit, GeneratorExit) as e:
+        name = model if isinstance(model, str) else type(model).__name__
+        what = " ".join(str(e).split())[:300] or "no message"
+        raise BenchError(
+            f"{name} failed while being measured in {mode} mode ({type(e).__name__}: {what}); "
+            "check that --img-size and --in-chans fit it (--debug shows the traceback)"
+        ) from e
 
 
 def estimate_bytes(net: nn.Module, size: Sequence[int], batch_size: int, mode: str) -> int | None:

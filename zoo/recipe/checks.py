@@ -193,6 +193,14 @@ def check_combinations(recipe: Recipe, source: str) -> None:
         fail(source, "schedule.min_lr", f"got {recipe.schedule.min_lr:g}", fix)
     if recipe.precision == "fp16" and recipe.device in ("cpu", "mps"):
         fail(source, "precision", "fp16 needs a CUDA device", "use bf16 on CPU, or fp32")
+    if recipe.sweep and recipe.publish.tag:
+        fail(
+            source,
+            "publish.tag",
+            "every point of the sweep would publish to the same tag",
+            "leave it out and publish the point you choose afterwards with "
+            "`zoo publish SWEEP_DIR/POINT --tag TAG`",
+        )
     _check_regularisers(recipe, source)
 
 

@@ -137,10 +137,11 @@ def check_run_dir(run_dir: Path, force: bool) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"output path {run_dir} exists and is not a directory; choose another --out")
     if _has_entries(run_dir) and not force:
+        resumable = (run_dir / CHECKPOINT_DIR).is_dir() or not (run_dir / WEIGHTS_NAME).exists()
+        hint = f"continue it with `zoo train --resume {run_dir}`, " if resumable else ""
         raise RunError(
-            f"output directory {run_dir} already exists and is not empty; continue it with "
-            f"`zoo train --resume {run_dir}`, choose another --out, or overwrite it with "
-            "--force"
+            f"output directory {run_dir} already exists and is not empty; {hint}choose another "
+            "--out, or overwrite it with --force"
         )
 
 

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -184,6 +185,12 @@ def _check_resume(run_dir: Path, recipe: Recipe | None) -> tuple[Recipe, dict[st
     from zoo.training.checkpoint import CHECKPOINT_DIR, JSON_NAME, load_record
     from zoo.training.rundir import resume_recipe
 
+    if not os.path.lexists(run_dir / CHECKPOINT_DIR) and (run_dir / files.WEIGHTS_NAME).exists():
+        raise RunError(  # weights without checkpoints: an export (resuming would overwrite it)
+            f"cannot resume {run_dir}: it holds exported weights but no {CHECKPOINT_DIR}/, so it "
+            "is an export, not a run; fine-tune from it with `model.pretrained: "
+            f"{run_dir}` in a recipe, or resume the run it was exported from"
+        )
     recipe = resume_recipe(run_dir, recipe)
     record = files.read_json(run_dir / CHECKPOINT_DIR / JSON_NAME, missing_ok=True)
     if record is not None:

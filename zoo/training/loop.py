@@ -144,7 +144,7 @@ def _model_errors(run: TrainState, phase: str) -> Iterator[None]:
         yield
     except ZooError:
         raise
-    except Exception as e:
+    except (Exception, SystemExit, GeneratorExit) as e:  # a model cannot end zoo, or fake success
         what = " ".join(str(e).split()) or "no message"
         raise ModelFailed(
             f"training {run.recipe.model.name} failed in its {phase} ({type(e).__name__}: {what})"

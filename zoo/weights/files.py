@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from zoo._fs import check_regular, copy_regular, read_capped
 from zoo._io import atomic_write_bytes, atomic_write_json
-from zoo.errors import RunError, UnknownModelError, WeightsError
+from zoo.errors import RunError, UnknownModelError, WeightsError, ZooError
 
 log = logging.getLogger(__name__)
 
@@ -511,6 +511,26 @@ def write_export(run: Path, out: Path, *, repo_id: str | None = None) -> None:
         atomic_write_bytes(tmp / "README.md", card.card_text(run, repo_id=repo_id).encode())
 
 
+def check_finished(run: Path, what: str) -> None:
+    """Refuse a run whose checkpoint is past the epochs its final weights and summary were
+    written for: it was resumed and stopped before finishing again, so its weights,
+    ``summary.json`` and card say one thing and ``metrics.jsonl`` another."""
+    from zoo.runs import files
+
+    try:
+        record = files.read_json(run / "checkpoints" / "last.json", missing_ok=True) or {}
+        summary = files.read_json(run / files.SUMMARY_NAME, missing_ok=True) or {}
+    except ZooError:
+        return  # damage is refused, with its own message, where the files are used
+    done, finished = record.get("epoch"), summary.get("epochs_run", summary.get("epochs"))
+    if isinstance(done, int) and isinstance(finished, int) and done > finished:
+        raise RunError(
+            f"cannot {what} {run}: it was resumed and stopped at epoch {done}, but its weights "
+            f"and summary are from epoch {finished}; finish it with `zoo train --resume {run}` "
+            "first"
+        )
+
+
 def check_export_target(source: Path, out: Path, *, force: bool) -> None:
     """Refuse to export ``source`` to ``out`` when that would lose something: a missing
     source, ``out`` being the source itself, an existing ``out`` without ``force``, or an
@@ -520,6 +540,7 @@ def check_export_target(source: Path, out: Path, *, force: bool) -> None:
     if not source.is_dir():
         raise RunError(f"run directory {source} does not exist")
     check_unlocked(source, "export")  # a run being trained: its files are in flux
+    check_finished(source, "export")
     if out.resolve() == source.resolve():
         raise RunError(f"cannot export {source} onto itself; choose another --out")
     check_unlocked(out, "export onto")  # a run directory being trained into

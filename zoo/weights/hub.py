@@ -133,6 +133,7 @@ def push_commit(
     if not directory.is_dir():
         raise HubError(f"cannot push {directory}: not a directory (give a run or export directory)")
     check_unlocked(directory, "push")  # a run being trained: its files are in flux
+    export.check_finished(directory, "push")
     config = export.read_config(directory)
     export.load_model_dir(directory)  # never publish weights that do not load
     operations = [  # the real files, checked: never a link out of the directory or a FIFO

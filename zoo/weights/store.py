@@ -97,6 +97,7 @@ def publish(
     validate_tag(tag)
     if run_or_export is not None:
         check_unlocked(run_or_export, "publish")  # a run being trained: its files are in flux
+        export.check_finished(Path(run_or_export), "publish")
         found = export.architecture_of(export.read_config(run_or_export))
         if model is not None and model != found:
             raise WeightsError(f"{run_or_export} holds weights for {found!r}, not {model!r}")
