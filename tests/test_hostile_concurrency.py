@@ -302,3 +302,38 @@ def test_a_run_resumed_and_stopped_before_finishing_is_not_exported(cwd: Path) -
     for command in (["export", "run", "--out", "exp"], ["publish", "run", "--tag", "t"]):
         assert_refused(invoke(*command), "stopped at epoch 5", "zoo train --resume run")
     assert not (cwd / "exp").exists()
+
+
+def test_force_of_one_shard_keeps_the_other_shards_points(cwd: Path) -> None:
+    """`--shard 1/2 --force` deleted the points shard 0 had trained (the shared root was
+    cleared whole); it replaces its own points only."""
+    recipe = tiny_recipe(epochs=1, sweep={"optim.lr": [0.01, 0.02, 0.03]})
+    path = write_recipe(cwd / "s.yaml", recipe)
+    assert invoke("train", str(path), "--out", "sw", "--shard", "0/2").exit_code == 0
+    mine = sorted(p.name for p in (cwd / "sw").iterdir() if p.is_dir())
+    before = {name: snapshot(cwd / "sw" / name) for name in mine}
+    result = invoke("train", str(path), "--out", "sw", "--shard", "1/2", "--force")
+    assert result.exit_code == 0, result.output
+    for name in mine:
+        assert_unchanged(cwd / "sw" / name, before[name])
+    other = write_recipe(cwd / "o.yaml", {**recipe, "epochs": 2})
+    assert_refused(
+        invoke("train", str(other), "--out", "sw", "--shard", "1/2", "--force"), "mix two recipes"
+    )
+
+
+def test_force_onto_a_sweep_refuses_while_a_point_is_being_written(cwd: Path) -> None:
+    recipe = tiny_recipe(epochs=1, sweep={"optim.lr": [0.01, 0.02]})
+    path = write_recipe(cwd / "s.yaml", recipe)
+    assert invoke("train", str(path), "--out", "sw").exit_code == 0
+    before = snapshot(cwd / "sw")
+    proc = _hold(cwd / "sw" / "optim.lr=0.01")
+    try:
+        result = invoke("train", str(path), "--out", "sw", "--force")
+        assert_refused(result, "optim.lr=0.01", f"pid {proc.pid}")
+    finally:
+        proc.kill()
+        proc.wait()
+    after = snapshot(cwd / "sw")
+    after.pop("optim.lr=0.01/.zoo-lock", None)  # the holder's own lock file
+    assert after == before

@@ -166,3 +166,26 @@ def test_read_pixels_refuses_every_corrupt_png_without_crashing(tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == len(_corruptions()) and all("refused:" in line for line in lines), lines
+
+
+def test_sixteen_bit_rgba_near_the_pixel_cap_is_refused_by_its_decoded_size() -> None:
+    """88M pixels pass the pixel cap, but as 16-bit RGBA they decode to 674 MiB (a 687 KB
+    file reached 4 GB of memory in predict)."""
+    import struct
+    import zlib as _zlib
+
+    from zoo.data.png import png_problem
+
+    width = height = 9400
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 6, 0, 0, 0)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = _zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+    problem = png_problem(data, 89_478_485)
+    assert problem is not None and "decode to 674 MiB" in problem
+    eight_bit = data.replace(ihdr, struct.pack(">IIBBBBB", 4000, 4000, 8, 6, 0, 0, 0))
+    eight_bit = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", eight_bit[16:29]) + chunk(b"IEND", b"")
+    assert "MiB" not in (png_problem(eight_bit, 89_478_485) or "")

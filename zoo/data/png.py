@@ -100,6 +100,14 @@ def _row_layout(ihdr: bytes, max_pixels: int) -> tuple[tuple[range, ...], str | 
         return (), "corrupt (unknown compression, filter or interlace method)"
     if width * height > max_pixels:
         return (), f"{width}x{height} pixels is more than {max_pixels:,}"
+    # the cap is on pixels; 16-bit samples and alpha multiply what decoding allocates:
+    # at most what the largest 8-bit RGBA image allowed decodes to
+    decoded = width * height * _CHANNELS[colour] * max(1, depth // 8)
+    if decoded > 4 * max_pixels:
+        return (), (
+            f"{width}x{height} pixels of {_CHANNELS[colour]} {depth}-bit samples decode to "
+            f"{decoded >> 20:,} MiB, more than {(4 * max_pixels) >> 20:,} MiB"
+        )
     bits = _CHANNELS[colour] * depth
     passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
     rows, start = [], 0

@@ -153,8 +153,13 @@ def _clear_run_files(run_dir: Path) -> None:
             f"refusing to overwrite {run_dir} with --force: it is a link to "
             f"{run_dir.resolve()}; give the directory itself as --out"
         )
+    from zoo.runs.lock import check_unlocked
+
+    points = _sweep_point_dirs(run_dir)  # a sweep's points are its files too ...
+    for name in points:  # ... unless a live process writes one: refused before any removal
+        check_unlocked(run_dir / name, "overwrite with --force the sweep point")
     try:
-        for name in _sweep_point_dirs(run_dir):  # a sweep's points are its files too
+        for name in points:
             remove_entry(run_dir / name)
         for name in RUN_FILES:
             remove_entry(run_dir / name)

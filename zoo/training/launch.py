@@ -231,10 +231,11 @@ def check_targets(recipe: Recipe, options: RunOptions) -> None:
     :func:`~zoo.training.rundir.check_publish`); whether a missing directory can be created
     is asked of the file system, the one sure answer (root may "write" to /proc), by
     creating it as the run's lock does and removing it again at once."""
-    from zoo.recipe import expand_sweep, load_recipe, shard_points
+    from zoo.recipe import expand_sweep, shard_points
     from zoo.runs import files
     from zoo.runs.lock import check_unlocked
     from zoo.training.rundir import resume_recipe
+    from zoo.training.sweep import shared_root
 
     check_options(options)
     resume, force, shard = options.resume, options.force, options.shard
@@ -245,14 +246,7 @@ def check_targets(recipe: Recipe, options: RunOptions) -> None:
             recipe = resume_recipe(root, recipe)  # as run_sweep checks it
         else:
             _check_shard(shard, True, options.out_dir)
-            existing = root / files.RECIPE_NAME
-            # shards of one sweep share the root: an identical recipe.yaml there is expected
-            shared = (
-                existing.is_file()
-                and not force
-                and load_recipe(existing).to_dict() == recipe.to_dict()
-            )
-            if not shared:
+            if not shared_root(root, recipe, force, shard):
                 _check_creatable(root)
                 files.check_run_dir(root, force)
         points = expand_sweep(recipe)

@@ -115,6 +115,28 @@ def _no_index(root: Path, recipe: Recipe, points: Sequence[Any], failed: Mapping
     """What ranks other than 0 write: nothing."""
 
 
+def shared_root(root: Path, recipe: Recipe, force: bool, shard: tuple[int, int] | None) -> bool:
+    """Whether ``root`` already holds this sweep, to be shared rather than claimed. Shards of
+    one sweep share the root: an identical recipe.yaml there is expected. With --force a
+    shard replaces its own points only (each is claimed, under its lock, when it trains): the
+    other shards' points are never removed from under them. Checks only; writes nothing."""
+    from zoo.recipe import load_recipe
+
+    existing = root / files.RECIPE_NAME
+    sharded = shard is not None and shard[1] > 1
+    if not existing.is_file() or (force and not sharded):
+        return False
+    if load_recipe(existing).to_dict() == recipe.to_dict():
+        return True
+    if sharded and force:
+        raise RunError(
+            f"{root} holds a sweep trained with another recipe: --force with --shard replaces "
+            "only this shard's points, which would mix two recipes in one sweep; overwrite the "
+            "whole sweep with --force and no --shard, or choose another --out"
+        )
+    return False
+
+
 def _claim_sweep_root(
     recipe: Recipe,
     out_dir: str | Path | None,
@@ -123,7 +145,6 @@ def _claim_sweep_root(
     *,
     claim: bool = True,
 ) -> Path:
-    from zoo.recipe import load_recipe
 
     if shard is not None and shard[1] > 1 and out_dir is None:
         raise RunError(
@@ -132,12 +153,10 @@ def _claim_sweep_root(
     root = Path(out_dir) if out_dir is not None else default_run_dir(recipe)
     if not claim:
         return root
-    existing = root / files.RECIPE_NAME
-    # Shards of one sweep share the root: an identical recipe.yaml there is expected.
-    if existing.is_file() and not force and load_recipe(existing).to_dict() == recipe.to_dict():
+    if shared_root(root, recipe, force, shard):
         return root
     claim_run_dir(root, force)
-    atomic_write_text(existing, recipe.to_yaml())
+    atomic_write_text(root / files.RECIPE_NAME, recipe.to_yaml())
     return root
 
 
