@@ -32,6 +32,7 @@ from zoo._io import atomic_write_json, atomic_write_text
 from zoo._yaml import parse_yaml
 from zoo.devices import PRECISIONS
 from zoo.errors import RecipeError, RunError, ZooError
+from zoo.runs.lock import LOCK_NAME, check_unlocked  # the lock: one writer per run
 
 __all__ = [
     "CARD_NAME",
@@ -76,7 +77,6 @@ CURVES_NAME = "curves.png"
 SWEEP_INDEX_NAME = "sweep.json"
 TENSORBOARD_DIR = "tensorboard"
 _RECIPE_HASH_LINE = "# written by zoo; sha256 of the recipe below: "
-LOCK_NAME = ".zoo-lock"  # held by the process writing the run (zoo.runs.lock)
 RUN_FILES = (
     RECIPE_NAME,
     METRICS_NAME,
@@ -153,8 +153,6 @@ def _clear_run_files(run_dir: Path) -> None:
             f"refusing to overwrite {run_dir} with --force: it is a link to "
             f"{run_dir.resolve()}; give the directory itself as --out"
         )
-    from zoo.runs.lock import check_unlocked
-
     points = _sweep_point_dirs(run_dir)  # a sweep's points are its files too ...
     for name in points:  # ... unless a live process writes one: refused before any removal
         check_unlocked(run_dir / name, "overwrite with --force the sweep point")

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import RunError
-from zoo.runs.files import LOCK_NAME
+
+LOCK_NAME = ".zoo-lock"  # in a run directory while a process writes it
 
 __all__ = ["LOCK_NAME", "check_unlocked", "command_line", "holder", "run_lock", "target_lock"]
 
