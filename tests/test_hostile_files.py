@@ -125,9 +125,9 @@ def test_publish_refuses_a_link_out_and_stores_nothing(
     _no_secret_under(_zoo_home)
 
 
-def test_push_refuses_a_link_out_before_uploading(
-    world: dict[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def hub_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The Hub API methods a command calls, recorded by a fake ``HfApi`` (nothing uploads)."""
     import huggingface_hub
 
     calls: list[str] = []
@@ -140,10 +140,16 @@ def test_push_refuses_a_link_out_before_uploading(
             return lambda *a, **k: calls.append(name)
 
     monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    return calls
+
+
+def test_push_refuses_a_link_out_before_uploading(
+    world: dict[str, Path], hub_calls: list[str]
+) -> None:
     run = world["run"]
     _link_out(run, "curves.png", world["outside"] / "secret.txt")
     assert_refused(invoke("push", str(run), "me/tiny"), "curves.png", "outside")
-    assert calls == []
+    assert hub_calls == []
 
 
 def _hard_link_out(run: Path, name: str, target: Path) -> None:
@@ -164,24 +170,12 @@ def test_export_refuses_a_hard_link_to_another_file(world: dict[str, Path], name
 
 
 def test_push_and_publish_refuse_a_hard_link_before_anything_leaves(
-    world: dict[str, Path], monkeypatch: pytest.MonkeyPatch, _zoo_home: Path
+    world: dict[str, Path], hub_calls: list[str], _zoo_home: Path
 ) -> None:
-    import huggingface_hub
-
-    calls: list[str] = []
-
-    class Api:
-        def __init__(self, **kwargs: Any) -> None:
-            pass
-
-        def __getattr__(self, name: str) -> Any:
-            return lambda *a, **k: calls.append(name)
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
     run = world["run"]
     _hard_link_out(run, "README.md", world["outside"] / "secret.txt")
     assert_refused(invoke("push", str(run), "me/tiny"), "README.md", "hard links")
-    assert calls == []
+    assert hub_calls == []
     assert_refused(invoke("publish", str(run), "--tag", "t1"), "README.md", "hard links")
     _no_secret_under(_zoo_home)
     (run / "README.md").unlink()  # the fix the message gives, for a file of the run's own
