@@ -86,6 +86,20 @@ def test_debug_shows_the_traceback() -> None:
     assert "Traceback" in "".join(traceback.format_exception(*result.exc_info))
 
 
+def test_ctrl_c_outside_training_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while a command loads (torch importing, a dataset reading) ends like Ctrl-C in
+    training: one line and 128 + SIGINT, not click's "Aborted!" and exit 1."""
+    from zoo.weights import factory
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(factory, "list_models", interrupted)
+    result = run("models")
+    assert result.exit_code == 130, result.output
+    assert result.output == "error: interrupted (Ctrl-C)\n"
+
+
 def test_check_passes_a_builtin() -> None:
     result = run("check", "mlp_relu")
     assert result.exit_code == 0

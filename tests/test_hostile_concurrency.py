@@ -6,6 +6,7 @@ real second process."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -56,14 +57,20 @@ def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _hold(directory: Path, code: str = HOLD) -> subprocess.Popen[str]:
-    """A second process (no torch: it starts fast) that holds the lock of ``directory``."""
+@contextlib.contextmanager
+def _held(directory: Path, code: str = HOLD) -> Iterator[subprocess.Popen[str]]:
+    """A second process (no torch: it starts fast) that holds the lock of ``directory``
+    until the block ends (then it is killed)."""
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(directory)], stdout=subprocess.PIPE, text=True
     )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "locked"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture
@@ -71,12 +78,8 @@ def holder(cwd: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
     """A finished run in ``run`` whose lock another live process holds."""
     path = write_recipe(cwd / "r.yaml", tiny_recipe(epochs=1))
     assert invoke("train", str(path), "--out", "run").exit_code == 0
-    proc = _hold(cwd / "run")
-    try:
+    with _held(cwd / "run") as proc:
         yield cwd / "run", proc
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_force_onto_a_locked_run_is_refused_naming_the_holder(
@@ -109,6 +112,16 @@ def test_export_onto_a_locked_directory_is_refused(
     assert_unchanged(run, before)
 
 
+def test_eval_of_a_run_in_its_first_epoch_names_the_trainer(cwd: Path) -> None:
+    """Before its first epoch ends a run has no config.json; eval names the process training
+    it rather than calling the directory "not a zoo run"."""
+    (cwd / "run").mkdir()
+    with _held(cwd / "run") as proc:
+        result = invoke("eval", "run", "--dataset", "fashion_mnist")
+        assert_refused(result, "evaluate", f"pid {proc.pid}", "holder-process")
+        assert "config.json" not in result.output
+
+
 def test_two_exports_onto_one_target_cannot_both_succeed(cwd: Path) -> None:
     """While one export replaces ``--out`` (it holds the lock next to it), a second export
     onto the same target is refused naming the first; without the lock both exited 0 and one
@@ -117,13 +130,9 @@ def test_two_exports_onto_one_target_cannot_both_succeed(cwd: Path) -> None:
     other, _ = make_run(cwd / "other", seed=1)
     assert invoke("export", str(run), "--out", "exp").exit_code == 0
     before = snapshot(cwd / "exp")
-    proc = _hold(cwd / "exp", HOLD_TARGET)
-    try:
+    with _held(cwd / "exp", HOLD_TARGET) as proc:
         result = invoke("export", str(other), "--out", "exp", "--force")
         assert_refused(result, "export onto", "exp", f"pid {proc.pid}", "holder-process")
-    finally:
-        proc.kill()
-        proc.wait()
     assert_unchanged(cwd / "exp", before)
     assert invoke("export", str(other), "--out", "exp", "--force").exit_code == 0  # stale: taken
     assert not list(cwd.glob(".exp*"))  # neither the lock nor a staging directory is left
@@ -134,13 +143,9 @@ def test_two_publishes_of_one_tag_cannot_both_succeed(cwd: Path) -> None:
 
     run, _ = make_run(cwd / "run")
     target = store.weights_dir("mlp_relu") / "mine"
-    proc = _hold(target, HOLD_TARGET)
-    try:
+    with _held(target, HOLD_TARGET) as proc:
         result = invoke("publish", str(run), "--tag", "mine", "--force")
         assert_refused(result, "mlp_relu.mine", f"pid {proc.pid}")
-    finally:
-        proc.kill()
-        proc.wait()
     assert not target.exists() and "mine" not in store.tags_for("mlp_relu")
     assert invoke("publish", str(run), "--tag", "mine").exit_code == 0
     assert store.tags_for("mlp_relu") == ["mine"]
@@ -150,22 +155,18 @@ def test_two_publishes_of_one_tag_cannot_both_succeed(cwd: Path) -> None:
 def test_a_sweep_point_being_written_is_refused(cwd: Path) -> None:
     recipe = tiny_recipe(epochs=1, sweep={"optim.lr": [0.1, 0.01]})
     path = write_recipe(cwd / "s.yaml", recipe)
-    proc = _hold(cwd / "sweep" / "optim.lr=0.1")
-    try:
+    with _held(cwd / "sweep" / "optim.lr=0.1") as proc:
         result = invoke("train", str(path), "--out", "sweep", "--force")
         assert_refused(result, "optim.lr=0.1", f"pid {proc.pid}")
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_a_stale_lock_of_a_killed_process_is_taken_over(
     cwd: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = write_recipe(cwd / "r.yaml", tiny_recipe(epochs=1))
-    proc = _hold(cwd / "run")
-    proc.send_signal(signal.SIGKILL)  # killed: its lock stays behind
-    proc.wait()
+    with _held(cwd / "run") as proc:
+        proc.send_signal(signal.SIGKILL)  # killed: its lock stays behind
+        proc.wait()
     assert (cwd / "run" / LOCK_NAME).is_file()
     result = invoke("train", str(path), "--out", "run")
     assert result.exit_code == 0, result.output
@@ -327,13 +328,9 @@ def test_force_onto_a_sweep_refuses_while_a_point_is_being_written(cwd: Path) ->
     path = write_recipe(cwd / "s.yaml", recipe)
     assert invoke("train", str(path), "--out", "sw").exit_code == 0
     before = snapshot(cwd / "sw")
-    proc = _hold(cwd / "sw" / "optim.lr=0.01")
-    try:
+    with _held(cwd / "sw" / "optim.lr=0.01") as proc:
         result = invoke("train", str(path), "--out", "sw", "--force")
         assert_refused(result, "optim.lr=0.01", f"pid {proc.pid}")
-    finally:
-        proc.kill()
-        proc.wait()
     after = snapshot(cwd / "sw")
     after.pop("optim.lr=0.01/.zoo-lock", None)  # the holder's own lock file
     assert after == before

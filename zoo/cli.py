@@ -44,6 +44,14 @@ class _ZooGroup(click.Group):
                 err=True,
             )
             ctx.exit(1)
+        except KeyboardInterrupt:
+            # Ctrl-C outside the epochs' own handler (while torch imports, a dataset loads, a
+            # model is benchmarked): one line and the shell's 128 + SIGINT, not click's
+            # "Aborted!" and exit 1, which a script cannot tell from a failure.
+            if ctx.meta.get("zoo.debug"):
+                raise
+            click.echo("error: interrupted (Ctrl-C)", err=True)
+            ctx.exit(130)
         except OSError as e:
             # A path the user gave that cannot be written or read (its parent is a file, it
             # is under /proc, read-only, too long): one line, like a ZooError.

@@ -197,11 +197,13 @@ def evaluate_source(source: str, options: EvalOptions = EvalOptions()) -> EvalRe
     from zoo.data.metrics import ClassTally, score_split
     from zoo.devices import autocast, select_device
     from zoo.runs import files as runfiles
+    from zoo.runs.lock import check_unlocked
     from zoo.weights import factory
     from zoo.weights import files as weight_files
 
     _check_options(options)
     directory = _model_dir(source)
+    check_unlocked(directory, "evaluate")  # a run in its first epoch has no config.json yet
     config = weight_files.read_config(directory)
     recipe = runfiles.read_recipe_data(directory) or {}
     summary = runfiles.read_json(directory / runfiles.SUMMARY_NAME, missing_ok=True) or {}
