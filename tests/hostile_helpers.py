@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from click.testing import CliRunner, Result
 
@@ -37,6 +39,28 @@ def tiny_recipe(**changes: Any) -> dict[str, Any]:
     }
     recipe.update(changes)
     return recipe
+
+
+def image_folder_recipe(root: Path, classes: Sequence[str]) -> dict[str, Any]:
+    """Write ``root/{train,test}/CLASS/i.png`` (8 and 4 grey 8x8 PNGs a class, class ``c``
+    about ``100 * c`` brighter, so one epoch learns something) and return a one-epoch
+    ``mlp_relu`` recipe that trains on the folder."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 8), ("test", 4)):
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = (torch.rand(8, 8, generator=gen) * 100 + 100 * c).byte().numpy()
+                Image.fromarray(pixels, "L").save(root / split / name / f"{i}.png")
+    return {
+        "name": "folder",
+        "model": {"name": "mlp_relu", "args": {"hidden_sizes": [8], "in_chans": 1, "img_size": 8}},
+        "data": {"dataset": "imagefolder", "root": str(root), "batch_size": 4, "valid_size": 4},
+        "optim": {"name": "adam", "lr": 0.01},
+        "epochs": 1,
+    }
 
 
 def write_recipe(path: Path, recipe: dict[str, Any] | str) -> Path:

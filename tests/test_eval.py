@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from hostile_helpers import image_folder_recipe
 
 from zoo.analysis.evaluate import EvalOptions, evaluate_source
 from zoo.cli import cli
@@ -184,23 +185,7 @@ def test_a_hub_repo_is_evaluated_like_its_run(
 
 
 def test_an_image_folder_run_is_evaluated_on_its_folder(tmp_path: Path) -> None:
-    from PIL import Image
-
-    root = tmp_path / "images"
-    gen = torch.Generator().manual_seed(0)
-    for split, n in (("train", 8), ("test", 4)):
-        for c, name in enumerate(("cat", "dog")):
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                pixels = (torch.rand(8, 8, generator=gen) * 100 + 100 * c).byte().numpy()
-                Image.fromarray(pixels, "L").save(root / split / name / f"{i}.png")
-    recipe = {
-        "name": "folder",
-        "model": {"name": "mlp_relu", "args": {"hidden_sizes": [8], "in_chans": 1, "img_size": 8}},
-        "data": {"dataset": "imagefolder", "root": str(root), "batch_size": 4, "valid_size": 4},
-        "optim": {"name": "adam", "lr": 0.01},
-        "epochs": 1,
-    }
+    recipe = image_folder_recipe(tmp_path / "images", ("cat", "dog"))
     run_dir = train(tmp_path / "run", recipe)
     result = evaluate_source(str(run_dir), EvalOptions(device="cpu"))
     assert (result.dataset, result.n, result.label_names) == ("imagefolder", 8, ("cat", "dog"))

@@ -10,8 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from hostile_helpers import assert_refused, invoke, tiny_recipe, write_recipe
+from hostile_helpers import (
+    assert_refused,
+    image_folder_recipe,
+    invoke,
+    tiny_recipe,
+    write_recipe,
+)
 from PIL import Image
 
 import zoo
@@ -67,22 +72,8 @@ def test_predict_cli_table_is_one_line_per_image(tmp_path: Path) -> None:
 
 
 def test_eval_table_escapes_class_folder_names(tmp_path: Path) -> None:
-    root = tmp_path / "images"
     classes = [f"ca{ESCAPE}t", "do\ng"]
-    gen = torch.Generator().manual_seed(0)
-    for split, n in (("train", 6), ("test", 3)):
-        for c, name in enumerate(classes):
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                pixels = (torch.rand(8, 8, generator=gen) * 100 + 100 * c).byte().numpy()
-                Image.fromarray(pixels, "L").save(root / split / name / f"{i}.png")
-    recipe = {
-        "name": "folder",
-        "model": {"name": "mlp_relu", "args": {"hidden_sizes": [8], "in_chans": 1, "img_size": 8}},
-        "data": {"dataset": "imagefolder", "root": str(root), "batch_size": 4, "valid_size": 4},
-        "optim": {"name": "adam", "lr": 0.01},
-        "epochs": 1,
-    }
+    recipe = image_folder_recipe(tmp_path / "images", classes)
     assert invoke("train", write_recipe(tmp_path / "r.yaml", recipe).as_posix(), "--out",
                   str(tmp_path / "run")).exit_code == 0  # fmt: skip
     run = tmp_path / "run"
