@@ -65,6 +65,20 @@ def test_report_names_every_figure_and_they_exist(runs: Path, tmp_path: Path) ->
     assert "Environment of the timings" in text
 
 
+def test_timings_say_their_precision(runs: Path, tmp_path: Path) -> None:
+    """Runs train in ``precision: auto`` (bf16 where faster): the report times them in a
+    stated precision, so its estimated epoch times can match what training took."""
+    out = tmp_path / "r"
+    text = build_report([runs / "mixer_patch"], out, bench_time=0.005, precision="bf16")
+    text = text.read_text()
+    rows = re.findall(r"^\| (\d+) \| mlpmixer_p4 .*\((\d+), (\w+)\) .*\((\d+), (\w+)\)", text, re.M)
+    assert [(r[0], r[2], r[4]) for r in rows] == [("2", "bf16", "bf16"), ("4", "bf16", "bf16")]
+    assert "in bf16;" in text and re.search(r"\| [\d,]+ \(bf16\) \|", text)
+    auto = build_report([runs / "mixer_patch"], tmp_path / "a", bench_time=0.005).read_text()
+    assert "`precision: auto` trains each model in on this machine" in auto
+    assert re.search(r"\| [\d,]+ \((fp32|bf16)\) \|", auto)  # what auto chose here
+
+
 def test_report_without_bench_has_no_timings(runs: Path, tmp_path: Path) -> None:
     text = build_report([runs / "mlp_act" / "t0"], tmp_path / "r", bench=False).read_text()
     assert "MLP-Mixer" not in text and "not measured" in text

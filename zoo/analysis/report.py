@@ -12,7 +12,9 @@ run (test accuracy against inference images/s and parameters, with the Pareto fr
 table and a scatter plot; and the environment the timings were measured in.
 
 Times come from :func:`zoo.analysis.bench.measure` on freshly initialised models with each run's
-architecture, arguments and batch size (timing does not depend on the weights).
+architecture, arguments and batch size (timing does not depend on the weights), by default in
+the precision ``precision: auto`` trains each model in on this machine, so the estimated
+epoch times match what ``zoo train`` does here.
 A source is a run directory (holds ``metrics.jsonl``), a sweep directory (holds
 ``sweep.json``) or any directory above them, which is searched.
 """
@@ -163,9 +165,10 @@ class _Timer:
     """Build each distinct (architecture, args) once and bench each (model, batch size,
     mode) once: sweep points that differ only in training settings share measurements."""
 
-    def __init__(self, min_time: float, device: str) -> None:
+    def __init__(self, min_time: float, device: str, precision: str = "auto") -> None:
         self.min_time = min_time
         self.device = device
+        self.precision = precision
         self.models: dict[str, Any] = {}
         self.cache: dict[str, Any] = {}
         self.env: dict[str, Any] | None = None
@@ -207,6 +210,7 @@ class _Timer:
                 in_chans=size[0],
                 img_size=size[-1],
                 device=self.device,
+                precision=self.precision,
                 min_time=self.min_time,
                 min_reps=3,
                 warmup=2,
@@ -336,12 +340,13 @@ def _mixer_md(runs: Sequence[LoadedRun], timer: _Timer) -> list[str]:
         "",
         f"Times are **estimated**: {VALID_IMAGES:,} (inference) or {EPOCH_IMAGES:,} (training) "
         "images divided by the throughput `zoo bench` measured (median step after warm-up, "
-        f"at least {timer.min_time:g} s of steps) on {timer.device}; a training step is "
-        "forward + backward + Adam at the recipe's batch size, inference is forward at the "
-        "eval batch size. Data loading and evaluation passes are not included.",
+        f"at least {timer.min_time:g} s of steps) on {timer.device} {_in_precision(timer)}; "
+        "a training step is forward + backward + Adam at the recipe's batch size, inference "
+        "is forward at the eval batch size. Data loading and evaluation passes are not "
+        "included.",
         "",
-        "| patch | model | params | GFLOPs/img (fwd) | inference img/s (batch) "
-        f"| inference, {VALID_IMAGES:,} images | training img/s (batch) "
+        "| patch | model | params | GFLOPs/img (fwd) | inference img/s (batch, precision) "
+        f"| inference, {VALID_IMAGES:,} images | training img/s (batch, precision) "
         f"| training epoch, {EPOCH_IMAGES:,} images |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -349,12 +354,22 @@ def _mixer_md(runs: Sequence[LoadedRun], timer: _Timer) -> list[str]:
         inf, train = timer.measure(run, "inference"), timer.measure(run, "train")
         lines.append(
             f"| {patch} | {model_label(run)} | {inf.params:,} "
-            f"| {inf.flops_per_image / 1e9:.3f} | {inf.images_per_s:,.0f} ({inf.batch_size}) "
+            f"| {inf.flops_per_image / 1e9:.3f} "
+            f"| {inf.images_per_s:,.0f} ({inf.batch_size}, {inf.precision}) "
             f"| {VALID_IMAGES / inf.images_per_s:.1f} s "
-            f"| {train.images_per_s:,.0f} ({train.batch_size}) "
+            f"| {train.images_per_s:,.0f} ({train.batch_size}, {train.precision}) "
             f"| {EPOCH_IMAGES / train.images_per_s:.1f} s |"
         )
     return [*lines, ""]
+
+
+def _in_precision(timer: _Timer) -> str:
+    if timer.precision == "auto":
+        return (
+            "in the precision `precision: auto` trains each model in on this machine (bf16 "
+            "autocast where a training step runs >= 1.2x as fast as fp32, else fp32)"
+        )
+    return f"in {timer.precision}"
 
 
 def _leaderboard_md(runs: Sequence[LoadedRun], timer: _Timer | None, figs: _Figures) -> list[str]:
@@ -372,6 +387,7 @@ def _leaderboard_md(runs: Sequence[LoadedRun], timer: _Timer | None, figs: _Figu
                 "test_acc": acc,
                 "params": _count(run.summary.get("params")) or (rec.params if rec else None),
                 "images_per_s": rec.images_per_s if rec else None,
+                "precision": rec.precision if rec else None,
             }
         )
     if not entries:
@@ -389,7 +405,8 @@ def _leaderboard_md(runs: Sequence[LoadedRun], timer: _Timer | None, figs: _Figu
     fronts = {id(e): (s, p) for e, s, p in zip(timed, speed_front, size_front, strict=True)}
     lines += [
         "Pareto: on the front of test accuracy vs inference images/s (speed) or vs parameters "
-        "(size). Images/s measured by `zoo bench` at each run's eval batch size.",
+        "(size). Images/s measured by `zoo bench` at each run's eval batch size"
+        + (f", {_in_precision(timer)}." if timer else "."),
         "",
         "| # | run | model | dataset | test acc | params | inference img/s | Pareto |",
         "|---|---|---|---|---|---|---|---|",
@@ -397,7 +414,9 @@ def _leaderboard_md(runs: Sequence[LoadedRun], timer: _Timer | None, figs: _Figu
     for rank, e in enumerate(entries, 1):
         speed, size = fronts.get(id(e), (False, False))
         marks = ", ".join(m for m, on in (("speed", speed), ("size", size)) if on) or ""
-        ips = f"{e['images_per_s']:,.0f}" if e["images_per_s"] else "not measured"
+        ips = (
+            f"{e['images_per_s']:,.0f} ({e['precision']})" if e["images_per_s"] else "not measured"
+        )
         params = f"{e['params']:,}" if e["params"] else "-"
         lines.append(
             f"| {rank} | {e['label']} | {e['model']} | {e['dataset']} | {_pct(e['test_acc'])} "
@@ -420,18 +439,20 @@ def build_report(
     bench: bool = True,
     bench_time: float = 1.0,
     device: str = "cpu",
+    precision: str = "auto",
     note: str | None = None,
 ) -> Path:
     """Write ``out_dir/report.md`` and its figures from ``sources``; return the report path.
 
     ``bench=False`` skips every timing (no Mixer table, no images/s in the leaderboard);
-    ``bench_time`` is the minimum seconds of timed steps per measurement; ``note`` (markdown)
+    ``bench_time`` is the minimum seconds of timed steps per measurement; ``precision`` is
+    that of the timings (``auto``: what ``precision: auto`` picks here); ``note`` (markdown)
     goes under the title, e.g. what the runs' budget was.
     """
     out = Path(out_dir)
     sweeps, runs = discover(sources)
     figs = _Figures(out)
-    timer = _Timer(bench_time, device) if bench else None
+    timer = _Timer(bench_time, device, precision) if bench else None
     all_runs = [r for s in sweeps for _, r in s.runs if r is not None] + runs
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
