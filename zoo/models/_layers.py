@@ -1,5 +1,6 @@
-"""Small pieces shared by the built-in model files: argument checks, activations, stochastic
-depth, gradient checkpointing, feature-index selection and the default data config."""
+"""Small pieces shared by the built-in model files: argument checks, activations, dropout,
+stochastic depth, gradient checkpointing, feature-index selection and the default data
+config."""
 
 from __future__ import annotations
 
@@ -85,6 +86,38 @@ def param_device_dtype(model: nn.Module) -> dict[str, Any]:
 
 
 # -- stochastic depth ----------------------------------------------------------------------
+
+
+class Dropout(nn.Dropout):
+    """:class:`torch.nn.Dropout` (same arguments, no state) with a faster mask on CPU.
+
+    torch's CPU dropout draws one Mersenne Twister number per element, which costs 30x a
+    multiply (16 ms for 2M bf16 elements on one Xeon core against 0.5 ms): a Mixer with
+    ``drop_rate=0.1`` trained 2.7x slower in bf16 than without dropout. Here each element
+    gets 16 bits of one 64-bit draw (four elements a draw, from the same generator, so seeds,
+    checkpoint replays and resumes behave as before): it is kept where its bits are at least
+    ``round(p * 65536)`` and scaled by ``65536 / (65536 - that)``, so the output is unbiased
+    and the rate is ``p`` to within 1/131072. The backward pass saves the multiplier in the
+    input's dtype (torch saves a bool mask). Other devices (CUDA's kernel is fused and
+    fast), eval mode, ``inplace`` and rates that round to 0 or 1 use :class:`nn.Dropout`.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dropped = round(self.p * 65536)
+        if (
+            not self.training
+            or self.inplace
+            or x.device.type != "cpu"
+            or not x.is_floating_point()
+            or not 0 < dropped < 65536
+        ):
+            return super().forward(x)
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+        bits = words.view(torch.int16)[:n].view(x.shape)  # uniform on -32768..32767
+        keep = (bits >= dropped - 32768).view(torch.uint8)  # uint8 converts 5x faster than bool
+        # A multiplier, not torch.where: the backward pass is one multiply by what is saved.
+        return x * keep.to(x.dtype).mul_(65536 / (65536 - dropped))
 
 
 def drop_path_rates(drop_path_rate: float, num_blocks: int) -> list[float]:

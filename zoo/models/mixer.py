@@ -20,6 +20,7 @@ from torch import nn
 
 from zoo.errors import ModelArgumentError
 from zoo.models._layers import (
+    Dropout,
     attach_data_cfg,
     check_drop_rate,
     check_global_pool,
@@ -46,9 +47,9 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = act()
-        self.drop1 = nn.Dropout(drop)
+        self.drop1 = Dropout(drop)
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop2 = nn.Dropout(drop)
+        self.drop2 = Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
@@ -158,7 +159,7 @@ class MlpMixer(nn.Module):
         ]
         self.norm: nn.Module = nn.LayerNorm(embed_dim, eps=1e-6)
         self.num_features = self.head_hidden_size = embed_dim
-        self.head_drop = nn.Dropout(drop_rate)
+        self.head_drop = Dropout(drop_rate)
         self.head: nn.Module = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
         self.init_weights()
 

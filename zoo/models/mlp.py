@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from zoo.models._layers import (
+    Dropout,
     attach_data_cfg,
     check_drop_rate,
     check_global_pool,
@@ -47,7 +48,7 @@ class ActDropout(nn.Module):
     def __init__(self, act: type[nn.Module], drop_rate: float = 0.0) -> None:
         super().__init__()
         self.act = act()
-        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.drop = Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.act(x))

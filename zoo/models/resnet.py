@@ -16,6 +16,7 @@ from torch import nn
 
 from zoo.errors import ModelArgumentError
 from zoo.models._layers import (
+    Dropout,
     attach_data_cfg,
     check_drop_rate,
     check_global_pool,
@@ -120,7 +121,7 @@ class ResNet(nn.Module):
             )
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.num_features = self.head_hidden_size = in_planes
-        self.drop = nn.Dropout(drop_rate)
+        self.drop = Dropout(drop_rate)
         self.fc: nn.Module = nn.Linear(in_planes, num_classes) if num_classes else nn.Identity()
         self.init_weights()
 

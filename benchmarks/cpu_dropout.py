@@ -1,0 +1,180 @@
+"""zoo's CPU dropout vs torch's: what a training step of a model with dropout gains.
+
+torch's CPU dropout draws one Mersenne Twister number per element; zoo's ``Dropout``
+(``zoo.models._layers``) takes 16 bits of a 64-bit draw per element. In one process,
+alternating, on copies of one model with the same weights and batch: a training step as
+``zoo bench --mode train`` times it (zero_grad, forward, cross-entropy, backward, fused
+Adam), with torch's ``nn.Dropout`` swapped in ("torch"), with zoo's ("zoo"), and with
+dropout off ("none", the cost without dropout). Medians of ``--repeats`` rounds of at
+least ``--min-time`` seconds, in fp32 and in bf16 autocast.
+
+    python benchmarks/cpu_dropout.py [--threads 2] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import zoo
+from zoo._io import atomic_write_json, atomic_write_text
+from zoo.devices import autocast, fused_optimizer
+from zoo.env import describe, environment, load_average
+from zoo.models._layers import Dropout
+
+BATCH, SHAPE = 128, (1, 28, 28)  # Fashion-MNIST, as in table1 and issue 14's measurements
+MODELS = {  # label -> (builder, arguments)
+    "mixer p7, drop 0.1 (PROFILE=cpu's best Mixer)": (
+        "mlpmixer_p4",
+        {"patch_size": 7, "embed_dim": 256, "num_blocks": 4, "drop_rate": 0.1},
+    ),
+    "mixer p4, drop 0.4 (the seed's best, 4 blocks)": (
+        "mlpmixer_p4",
+        {"embed_dim": 256, "num_blocks": 4, "drop_rate": 0.4},
+    ),
+    "mlp_relu, drop 0.2": ("mlp_relu", {"drop_rate": 0.2}),
+}
+
+
+def _timed(fn: Any, min_time: float) -> float:
+    """Seconds per call of ``fn``, over at least 2 calls and ``min_time`` seconds."""
+    calls, start = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - start < min_time:
+        fn()
+        calls += 1
+    return (time.perf_counter() - start) / calls
+
+
+def _with_torch_dropout(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, Dropout):
+                setattr(module, name, nn.Dropout(child.p))
+    return model
+
+
+def measure(label: str, precision: str, repeats: int, min_time: float) -> dict[str, Any]:
+    builder, args = MODELS[label]
+    torch.manual_seed(0)
+    base = zoo.create(builder, num_classes=10, in_chans=SHAPE[0], img_size=SHAPE[1], **args)
+    none_args = {**args, "drop_rate": 0.0}
+    models = {
+        "torch": _with_torch_dropout(copy.deepcopy(base)),
+        "zoo": copy.deepcopy(base),
+        "none": zoo.create(
+            builder, num_classes=10, in_chans=SHAPE[0], img_size=SHAPE[1], **none_args
+        ),
+    }
+    models["none"].load_state_dict(base.state_dict())
+    x, y = torch.randn(BATCH, *SHAPE), torch.randint(0, 10, (BATCH,))
+    steps = {}
+    for kind, model in models.items():
+        model.train()
+        opt = fused_optimizer(torch.optim.Adam, model.parameters(), lr=1e-3)
+
+        def step(model: nn.Module = model, opt: torch.optim.Optimizer = opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            with autocast("cpu", precision, training=True):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+
+        step()  # allocates gradients and Adam's state
+        steps[kind] = step
+    times: dict[str, list[float]] = {kind: [] for kind in steps}
+    for _ in range(repeats):
+        for kind, step in steps.items():
+            times[kind].append(_timed(step, min_time))
+    out: dict[str, Any] = {"model": label, "builder": builder, "args": args, "precision": precision}
+    for kind, runs in times.items():
+        step_s = statistics.median(runs)
+        out[kind] = {
+            "images_per_s": BATCH / step_s,
+            "step_ms": step_s * 1e3,
+            "all_step_ms": [t * 1e3 for t in runs],
+        }
+    out["speedup"] = out["zoo"]["images_per_s"] / out["torch"]["images_per_s"]
+    return out
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# zoo's CPU dropout vs torch's (training step)",
+        "",
+        f"{result['date']}; {describe(result['env'], result['load_average'])} Batch "
+        f"{BATCH} at {'x'.join(map(str, SHAPE))}, {result['threads']} thread(s); "
+        f"{result['repeats']} rounds of >= {result['min_time']:g} s each, alternating, median.",
+        "",
+        "| model | precision | torch's dropout img/s | zoo's dropout img/s | no dropout img/s "
+        "| zoo / torch |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in result["models"]:
+        lines.append(
+            f"| {row['model']} | {row['precision']} | {row['torch']['images_per_s']:,.0f} "
+            f"| {row['zoo']['images_per_s']:,.0f} | {row['none']['images_per_s']:,.0f} "
+            f"| **{row['speedup']:.2f}x** |"
+        )
+    lines += [
+        "",
+        "torch = `nn.Dropout` (what the built-ins used before); zoo = "
+        "`zoo.models._layers.Dropout`, what they use now; none = the same model with "
+        "`drop_rate=0`, the step without any dropout.",
+        "",
+        result["note"],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--min-time", type=float, default=0.5, help="Seconds per round.")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--note", default="", help="Recorded with the results.")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load_before = load_average()
+    rows = [
+        measure(label, precision, args.repeats, args.min_time)
+        for label in MODELS
+        for precision in args.precisions
+    ]
+    result = {
+        "benchmark": "cpu_dropout",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "min_time": args.min_time,
+        "models": rows,
+        "env": environment("cpu"),
+        "load_average": {"before": load_before, "after": load_average()},
+        "note": (
+            "A shared machine: compare the load average with the CPU count. " + args.note
+        ).strip(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "cpu_dropout.json", result)
+    atomic_write_text(args.out / "cpu_dropout.md", _markdown(result))
+    for row in rows:
+        print(
+            f"{row['model']:>48} {row['precision']}: torch {row['torch']['images_per_s']:7,.0f}"
+            f" zoo {row['zoo']['images_per_s']:7,.0f} none {row['none']['images_per_s']:7,.0f}"
+            f" img/s ({row['speedup']:.2f}x)"
+        )
+
+
+if __name__ == "__main__":
+    main()
