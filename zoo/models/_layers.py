@@ -85,7 +85,7 @@ def param_device_dtype(model: nn.Module) -> dict[str, Any]:
     return {} if p is None else {"device": p.device, "dtype": p.dtype}
 
 
-# -- stochastic depth ----------------------------------------------------------------------
+# -- dropout -------------------------------------------------------------------------------
 
 
 class Dropout(nn.Dropout):
@@ -118,6 +118,9 @@ class Dropout(nn.Dropout):
         keep = (bits >= dropped - 32768).view(torch.uint8)  # uint8 converts 5x faster than bool
         # A multiplier, not torch.where: the backward pass is one multiply by what is saved.
         return x * keep.to(x.dtype).mul_(65536 / (65536 - dropped))
+
+
+# -- stochastic depth ----------------------------------------------------------------------
 
 
 def drop_path_rates(drop_path_rate: float, num_blocks: int) -> list[float]:
