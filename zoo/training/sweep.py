@@ -145,7 +145,6 @@ def _claim_sweep_root(
     *,
     claim: bool = True,
 ) -> Path:
-
     if shard is not None and shard[1] > 1 and out_dir is None:
         raise RunError(
             "--shard needs --out DIR so that every shard writes into the same sweep directory"
