@@ -2,11 +2,12 @@
 
 torch's CPU dropout draws one Mersenne Twister number per element; zoo's ``Dropout``
 (``zoo.models._layers``) takes 16 bits of a 64-bit draw per element. In one process,
-alternating, on copies of one model with the same weights and batch: a training step as
-``zoo bench --mode train`` times it (zero_grad, forward, cross-entropy, backward, fused
-Adam), with torch's ``nn.Dropout`` swapped in ("torch"), with zoo's ("zoo"), and with
-dropout off ("none", the cost without dropout). Medians of ``--repeats`` rounds of at
-least ``--min-time`` seconds, in fp32 and in bf16 autocast.
+alternating, on copies of one model with the same weights: a training step timed by
+``zoo.analysis.bench.measure`` (what ``zoo bench --mode train`` runs: zero_grad, forward,
+cross-entropy, backward, fused Adam), with torch's ``nn.Dropout`` swapped in ("torch"),
+with zoo's ("zoo"), and with dropout off ("none", the cost without dropout). Medians over
+``--repeats`` rounds of each round's median step (at least ``--min-time`` seconds of steps
+after warm-up), in fp32 and in bf16 autocast.
 
     python benchmarks/cpu_dropout.py [--threads 2] [--repeats 5]
 """
@@ -16,18 +17,16 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import zoo
 from zoo._io import atomic_write_json, atomic_write_text
-from zoo.devices import autocast, fused_optimizer
+from zoo.analysis.bench import measure
 from zoo.env import describe, environment, load_average
 from zoo.models._layers import Dropout
 
@@ -45,15 +44,6 @@ MODELS = {  # label -> (builder, arguments)
 }
 
 
-def _timed(fn: Any, min_time: float) -> float:
-    """Seconds per call of ``fn``, over at least 2 calls and ``min_time`` seconds."""
-    calls, start = 0, time.perf_counter()
-    while calls < 2 or time.perf_counter() - start < min_time:
-        fn()
-        calls += 1
-    return (time.perf_counter() - start) / calls
-
-
 def _with_torch_dropout(model: nn.Module) -> nn.Module:
     for module in model.modules():
         for name, child in module.named_children():
@@ -62,46 +52,31 @@ def _with_torch_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
-def measure(label: str, precision: str, repeats: int, min_time: float) -> dict[str, Any]:
-    builder, args = MODELS[label]
+def compare(
+    builder: str, args: dict[str, Any], precision: str, repeats: int, min_time: float
+) -> dict[str, Any]:
+    """The three variants of one model, timed by ``zoo.analysis.bench.measure`` in
+    alternating rounds; per variant the median over rounds of each round's median step."""
     torch.manual_seed(0)
     base = zoo.create(builder, num_classes=10, in_chans=SHAPE[0], img_size=SHAPE[1], **args)
-    none_args = {**args, "drop_rate": 0.0}
     models = {
         "torch": _with_torch_dropout(copy.deepcopy(base)),
         "zoo": copy.deepcopy(base),
         "none": zoo.create(
-            builder, num_classes=10, in_chans=SHAPE[0], img_size=SHAPE[1], **none_args
+            builder, num_classes=10, in_chans=SHAPE[0], img_size=SHAPE[1],
+            **{**args, "drop_rate": 0.0},
         ),
-    }
+    }  # fmt: skip
     models["none"].load_state_dict(base.state_dict())
-    x, y = torch.randn(BATCH, *SHAPE), torch.randint(0, 10, (BATCH,))
-    steps = {}
-    for kind, model in models.items():
-        model.train()
-        opt = fused_optimizer(torch.optim.Adam, model.parameters(), lr=1e-3)
-
-        def step(model: nn.Module = model, opt: torch.optim.Optimizer = opt) -> None:
-            opt.zero_grad(set_to_none=True)
-            with autocast("cpu", precision, training=True):
-                loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-
-        step()  # allocates gradients and Adam's state
-        steps[kind] = step
-    times: dict[str, list[float]] = {kind: [] for kind in steps}
+    times: dict[str, list[float]] = {kind: [] for kind in models}
     for _ in range(repeats):
-        for kind, step in steps.items():
-            times[kind].append(_timed(step, min_time))
-    out: dict[str, Any] = {"model": label, "builder": builder, "args": args, "precision": precision}
+        for kind, model in models.items():
+            record = measure(model, BATCH, mode="train", precision=precision, min_time=min_time)
+            times[kind].append(record.latency_ms_p50)
+    out: dict[str, Any] = {"builder": builder, "args": args, "precision": precision}
     for kind, runs in times.items():
-        step_s = statistics.median(runs)
-        out[kind] = {
-            "images_per_s": BATCH / step_s,
-            "step_ms": step_s * 1e3,
-            "all_step_ms": [t * 1e3 for t in runs],
-        }
+        step_ms = statistics.median(runs)
+        out[kind] = {"images_per_s": BATCH / step_ms * 1e3, "step_ms": step_ms, "all_step_ms": runs}
     out["speedup"] = out["zoo"]["images_per_s"] / out["torch"]["images_per_s"]
     return out
 
@@ -112,7 +87,9 @@ def _markdown(result: dict[str, Any]) -> str:
         "",
         f"{result['date']}; {describe(result['env'], result['load_average'])} Batch "
         f"{BATCH} at {'x'.join(map(str, SHAPE))}, {result['threads']} thread(s); "
-        f"{result['repeats']} rounds of >= {result['min_time']:g} s each, alternating, median.",
+        f"{result['repeats']} alternating rounds of >= {result['min_time']:g} s of steps "
+        "timed by `zoo.analysis.bench.measure`; the median over rounds of each round's "
+        "median step.",
         "",
         "| model | precision | torch's dropout img/s | zoo's dropout img/s | no dropout img/s "
         "| zoo / torch |",
@@ -148,7 +125,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load_before = load_average()
     rows = [
-        measure(label, precision, args.repeats, args.min_time)
+        {"model": label, **compare(*MODELS[label], precision, args.repeats, args.min_time)}
         for label in MODELS
         for precision in args.precisions
     ]

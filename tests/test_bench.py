@@ -226,6 +226,36 @@ def test_table1_and_vs_timm_carry_mfu() -> None:
             assert out[f"{who}_mfu"] == pytest.approx(out[f"{who}_achieved_flops_per_s"] / PEAK)
 
 
+def test_cpu_dropout_times_the_same_model_with_each_dropout(monkeypatch) -> None:
+    import torch
+    from torch import nn
+
+    from zoo.models._layers import Dropout
+
+    script = _script("cpu_dropout")
+    seen = []
+
+    def spy(model, batch_size, **kwargs):
+        kinds = {type(m) for m in model.modules() if type(m) in (nn.Dropout, Dropout)}
+        seen.append((kinds, next(model.parameters()).detach().clone(), kwargs))
+        return measure(model, batch_size, **{**kwargs, "min_reps": 2, "threads": 1})
+
+    monkeypatch.setattr(script, "measure", spy)
+    monkeypatch.setattr(script, "BATCH", 4)
+    args = {"hidden_sizes": [8], "drop_rate": 0.2}
+    row = script.compare("mlp_relu", args, "fp32", repeats=2, min_time=0.01)
+    assert [kinds for kinds, _, _ in seen[:3]] == [{nn.Dropout}, {Dropout}, set()]
+    assert len(seen) == 6  # two alternating rounds of the three variants
+    assert all(torch.equal(w, seen[0][1]) for _, w, _ in seen[:3])  # one set of weights
+    assert {kw["mode"] for _, _, kw in seen} == {"train"}
+    for kind in ("torch", "zoo", "none"):
+        assert len(row[kind]["all_step_ms"]) == 2
+        assert row[kind]["images_per_s"] == pytest.approx(4e3 / row[kind]["step_ms"])
+    assert row["speedup"] == pytest.approx(
+        row["zoo"]["images_per_s"] / row["torch"]["images_per_s"]
+    )
+
+
 def test_cli_bench_unknown_model_is_one_line() -> None:
     result = CliRunner().invoke(cli, ["bench", "resnet81", "--min-time", "0"])
     assert result.exit_code == 2
