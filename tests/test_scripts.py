@@ -89,6 +89,26 @@ def test_bad_imports_say_what_is_wrong(tmp_path: Path) -> None:
         from_dict(_recipe("mlp_relu", imports=["gone.py"]))
 
 
+def test_import_of_a_directory_or_fifo_names_what_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_registry: None
+) -> None:
+    import os
+
+    (tmp_path / "models_dir.py").mkdir()
+    os.mkfifo(tmp_path / "pipe.py")  # reading it would block until a writer came
+    with pytest.raises(PluginError, match=r"models_dir\.py is a directory, not a file"):
+        scripts.import_source(str(tmp_path / "models_dir.py"))
+    with pytest.raises(PluginError, match=r"pipe\.py is a FIFO \(named pipe\), not a file"):
+        scripts.import_source("pipe.py", base=tmp_path)  # found from the recipe's directory
+    # A file beside the recipe still wins over a non-file of that name in the current directory.
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "pipe.py").write_text(SCRIPT.format(name="beside_the_recipe"))
+    monkeypatch.chdir(tmp_path)
+    recorded = scripts.import_source("pipe.py", base=tmp_path / "recipes")
+    assert recorded == str((tmp_path / "recipes" / "pipe.py").resolve())
+    assert "beside_the_recipe" in zoo.list_models()
+
+
 def _zoo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "zoo", *args], capture_output=True, text=True, cwd=cwd, timeout=300

@@ -19,6 +19,7 @@ import types
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from zoo._fs import file_kind
 from zoo.errors import PluginError
 from zoo.models import registry
 from zoo.models.plugins import describe_failure, guarded_import
@@ -89,12 +90,7 @@ def import_source(spec: str, base: str | Path | None = None) -> str:
             raise PluginError(f"--import {spec}: failed to import ({describe_failure(e)})") from e
         _imported[spec] = spec
         return spec
-    path = Path(spec).expanduser()
-    if not path.is_file() and base is not None and not path.is_absolute():
-        path = Path(base) / path
-    if not path.is_file():
-        raise PluginError(f"--import {spec}: no such file; give the path of a .py file")
-    path = path.resolve()
+    path = _find_file(spec, base).resolve()
     name = _module_name(path)
     if _deferred is not None and name not in sys.modules:
         _deferred.append(str(path))
@@ -121,6 +117,24 @@ def import_source(spec: str, base: str | Path | None = None) -> str:
             raise PluginError(f"--import {shown}: failed to import ({describe_failure(e)})") from e
     _imported[spec] = str(path)
     return str(path)
+
+
+def _find_file(spec: str, base: str | Path | None) -> Path:
+    """``spec`` from the current directory, else from ``base``; a one-line error naming
+    what is there when it is not a file (a directory, a FIFO: reading one would block)."""
+    candidates = [Path(spec).expanduser()]
+    if base is not None and not candidates[0].is_absolute():
+        candidates.append(Path(base) / candidates[0])
+    for path in candidates:
+        if path.is_file():
+            return path
+    for path in candidates:
+        if path.exists():
+            raise PluginError(
+                f"--import {spec}: {path} is {file_kind(path.stat().st_mode)}, not a file; "
+                "give the path of a .py file"
+            )
+    raise PluginError(f"--import {spec}: no such file; give the path of a .py file")
 
 
 def _namespace() -> types.ModuleType:
