@@ -153,6 +153,32 @@ def test_out_writes_metrics_confusion_matrix_and_reliability_diagram(
     assert str(out / "metrics.json") in done.stderr
 
 
+def test_out_with_other_files_is_refused_before_scoring_unless_forced(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    first = invoke(str(run), "--out", str(out))
+    assert first.exit_code == 0, first.output
+    again = invoke(str(run), "--out", str(out))  # only its own files there: rewritten
+    assert again.exit_code == 0, again.output
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    from zoo.analysis import evaluate
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("scored before the --out check")
+
+    monkeypatch.setattr(evaluate, "evaluate_source", never)
+    refused = invoke(str(run), "--out", str(out))
+    assert refused.exit_code != 0
+    assert "already holds other files (notes.txt)" in refused.output and "--force" in refused.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.undo()
+    forced = invoke(str(run), "--out", str(out), "--force")
+    assert forced.exit_code == 0, forced.output
+    assert (out / "notes.txt").read_text() == "mine" and (out / "metrics.json").is_file()
+
+
 def test_a_tag_is_evaluated_like_its_run(run: Path) -> None:
     from zoo.weights import store
 

@@ -79,6 +79,27 @@ def test_timings_say_their_precision(runs: Path, tmp_path: Path) -> None:
     assert re.search(r"\| [\d,]+ \((fp32|bf16)\) \|", auto)  # what auto chose here
 
 
+def test_out_holding_more_than_a_report_is_refused_unless_forced(
+    runs: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "r"
+    build_report([runs / "mlp_act" / "t0"], out, bench=False)
+    build_report([runs / "mlp_act" / "t0"], out, bench=False)  # regenerating: its own files
+    (out / ".DS_Store").write_text("")  # hidden files do not count
+    build_report([runs / "mlp_act" / "t0"], out, bench=False)
+    run_dir = runs / "resnet_best" / "t0"
+    before = sorted(p.name for p in run_dir.iterdir())
+    with pytest.raises(RunError, match=r"already holds other files \(.*\); choose a new or em"):
+        build_report([runs / "mlp_act" / "t0"], run_dir, bench=False)
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing written
+    result = CliRunner().invoke(cli, ["report", str(runs / "mlp_act"), "--out", str(run_dir)])
+    assert result.exit_code != 0 and "add --force" in result.output
+    assert result.output.count("\n") == 1
+    forced = ["report", str(runs / "mlp_act"), "--out", str(run_dir), "--no-bench", "--force"]
+    assert CliRunner().invoke(cli, forced).exit_code == 0
+    assert (run_dir / "report.md").is_file() and set(before) <= {p.name for p in run_dir.iterdir()}
+
+
 def test_report_without_bench_has_no_timings(runs: Path, tmp_path: Path) -> None:
     text = build_report([runs / "mlp_act" / "t0"], tmp_path / "r", bench=False).read_text()
     assert "MLP-Mixer" not in text and "not measured" in text

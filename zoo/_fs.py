@@ -23,7 +23,7 @@ import fcntl
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,6 +32,7 @@ from zoo.errors import ZooError
 
 __all__ = [
     "check_dir",
+    "check_output_dir",
     "check_regular",
     "copy_regular",
     "file_kind",
@@ -142,6 +143,31 @@ def check_dir(
     if not stat.S_ISDIR(mode):
         raise error(f"refusing to {verb} {path}: it is {file_kind(mode)}, not a directory")
     return real
+
+
+def check_output_dir(
+    path: str | os.PathLike[str],
+    own: Collection[str],
+    *,
+    force: bool,
+    what: str,
+    error: type[ZooError] = ZooError,
+) -> None:
+    """Refuse to write a command's ``own`` entries into an existing directory that holds
+    anything else (dotfiles aside), unless ``force``: ``--out`` pointed at a run, a home
+    folder or another tool's output would mix with what is there and replace its files of
+    the same names. A directory holding only ``own`` entries, an earlier output of the same
+    command, is rewritten without asking: regenerating it is the point."""
+    path = Path(path)
+    if force or not path.is_dir():
+        return
+    others = sorted(n for n in os.listdir(path) if n not in own and not n.startswith("."))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if others[3:] else "")
+        raise error(
+            f"--out {path} already holds other files ({shown}); choose a new or empty "
+            f"directory, or add --force to write {what} among them"
+        )
 
 
 @contextlib.contextmanager

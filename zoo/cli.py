@@ -761,6 +761,11 @@ def viz_cmd(source: str, out: str | None, img_size: int | None, in_chans: int | 
     default=None,
     help="A paragraph (markdown) under the title: how the runs were made, their budget.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write into an --out that holds more than an earlier report.",
+)
 def report_cmd(
     sources: tuple[str, ...],
     out: str,
@@ -769,6 +774,7 @@ def report_cmd(
     device: str,
     precision: str,
     note: str | None,
+    force: bool,
 ) -> None:
     """Write OUT/report.md with figures from runs and sweeps: sweep overlays and tables
     (with the model each point trained), run curves, first layers, Mixer patch-size time
@@ -783,6 +789,7 @@ def report_cmd(
         device=device,
         precision=precision,
         note=note,
+        force=force,
     )
     click.echo(str(path))
 
@@ -830,6 +837,11 @@ def report_cmd(
     callback=_utf8_path,
     help="Also write metrics.json, confusion_matrix.png and reliability.png into DIR.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write into an --out that holds more than an earlier evaluation's files.",
+)
 @_import_option
 def eval_cmd(
     source: str,
@@ -840,19 +852,22 @@ def eval_cmd(
     device: str,
     fmt: str,
     out: str | None,
+    force: bool,
 ) -> None:
     """Score SOURCE (a run or export directory, NAME.TAG or hf-hub:ORG/NAME) on a dataset
     split: top-1, top-5, loss, per-class accuracy and calibration (ECE), as timm's
     validate.py. A run scores exactly as the trainer's test evaluation did."""
-    from zoo.analysis.evaluate import EvalOptions, evaluate_source, write_outputs
+    from zoo.analysis.evaluate import EvalOptions, check_out_dir, evaluate_source, write_outputs
 
+    if out is not None:  # before the evaluation, which may take minutes
+        check_out_dir(out, force=force)
     options = EvalOptions(
         dataset=dataset, root=root, split=split, batch_size=batch_size, device=device
     )
     result = evaluate_source(source, options)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
-    written = write_outputs(result, out) if out is not None else []
+    written = write_outputs(result, out, force=force) if out is not None else []
     click.echo(json.dumps(result.to_dict(), indent=2) if fmt == "json" else result.table())
     for path in written:
         click.echo(f"wrote {path}", err=True)

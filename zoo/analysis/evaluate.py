@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
+from zoo._fs import check_output_dir
 from zoo.data.catalog import CIFAR10_CLASSES, DATASETS, FASHION_MNIST_CLASSES, GEOMETRY
 from zoo.errors import (
     DataError,
@@ -44,10 +45,12 @@ __all__ = [
     "CONFUSION_NAME",
     "DEFAULT_BATCH_SIZE",
     "METRICS_NAME",
+    "OUTPUT_NAMES",
     "RELIABILITY_NAME",
     "SPLITS",
     "EvalOptions",
     "EvalResult",
+    "check_out_dir",
     "confusion_figure",
     "evaluate_source",
     "reliability_figure",
@@ -61,6 +64,7 @@ DEFAULT_BATCH_SIZE = 256
 METRICS_NAME = "metrics.json"
 CONFUSION_NAME = "confusion_matrix.png"
 RELIABILITY_NAME = "reliability.png"
+OUTPUT_NAMES = (METRICS_NAME, CONFUSION_NAME, RELIABILITY_NAME)
 _KNOWN_LABELS: dict[tuple[str, ...], str] = {
     CIFAR10_CLASSES: "cifar10",
     FASHION_MNIST_CLASSES: "fashion_mnist",
@@ -461,15 +465,24 @@ def _label_names(
 # -- outputs -------------------------------------------------------------------------------
 
 
-def write_outputs(result: EvalResult, out_dir: str | Path) -> list[Path]:
+def check_out_dir(out_dir: str | Path, *, force: bool = False) -> None:
+    """Refuse an ``out_dir`` that is a file, or that holds more than an earlier evaluation's
+    files unless ``force``; :func:`write_outputs` checks again, ``zoo eval`` before scoring."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file; choose a directory")
+    check_output_dir(out, OUTPUT_NAMES, force=force, what="the evaluation's files", error=RunError)
+
+
+def write_outputs(result: EvalResult, out_dir: str | Path, *, force: bool = False) -> list[Path]:
     """Write ``confusion_matrix.png``, ``reliability.png`` and ``metrics.json`` (last) into
-    ``out_dir`` (created if needed), each atomically: no file is ever half-written."""
+    ``out_dir`` (created if needed), each atomically: no file is ever half-written. An
+    ``out_dir`` holding other files is refused unless ``force``."""
     from zoo._io import atomic_write_json
     from zoo.runs.plots import save_figure
 
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise RunError(f"--out {out} is a file; choose a directory")
+    check_out_dir(out, force=force)
     figures = {
         CONFUSION_NAME: confusion_figure(result),
         RELIABILITY_NAME: reliability_figure(result),

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoo._fs import check_dir
+from zoo._fs import check_dir, check_output_dir
 from zoo._io import atomic_write_text
 from zoo.errors import RunError, ZooError, printable
 from zoo.runs import files, plots
@@ -49,6 +49,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+REPORT_ENTRIES = ("report.md", "figures")  # what build_report writes into its directory
 VALID_IMAGES = 5_000  # the seed's validation split
 EPOCH_IMAGES = 45_000  # one CIFAR-10 training epoch in the seed's split
 
@@ -441,15 +442,18 @@ def build_report(
     device: str = "cpu",
     precision: str = "auto",
     note: str | None = None,
+    force: bool = False,
 ) -> Path:
     """Write ``out_dir/report.md`` and its figures from ``sources``; return the report path.
 
     ``bench=False`` skips every timing (no Mixer table, no images/s in the leaderboard);
     ``bench_time`` is the minimum seconds of timed steps per measurement; ``precision`` is
     that of the timings (``auto``: what ``precision: auto`` picks here); ``note`` (markdown)
-    goes under the title, e.g. what the runs' budget was.
+    goes under the title, e.g. what the runs' budget was. An ``out_dir`` that holds more than
+    an earlier report (``report.md``, ``figures/``) is refused unless ``force``.
     """
     out = Path(out_dir)
+    check_output_dir(out, REPORT_ENTRIES, force=force, what="the report", error=RunError)
     sweeps, runs = discover(sources)
     figs = _Figures(out)
     timer = _Timer(bench_time, device, precision) if bench else None
