@@ -21,7 +21,7 @@ from zoo.recipe import expand_sweep, from_dict
 from zoo.training.checkpoint import CHECKPOINT_DIR, JSON_NAME
 from zoo.training.launch import plan, run_recipe
 from zoo.training.loop import RunOptions
-from zoo.training.sweep import sweep_status
+from zoo.training.sweep import outside_points, sweep_status
 
 
 @pytest.fixture(autouse=True)
@@ -105,6 +105,15 @@ def test_status_tells_done_running_failed_and_missing_apart(tmp_path: Path) -> N
     as_json = json.loads(CliRunner().invoke(cli, ["sweep", "status", "--json", str(root)]).output)
     assert as_json["counts"] == {"done": 1, "running": 1, "failed": 1, "missing": 1}
     assert [p["name"] for p in as_json["points"]] == names
+    assert as_json["outside"] == []
+    shutil.copytree(root / names[0], root / "optim.lr=0.5")  # a point of no grid of this recipe
+    (root / ".cache").mkdir()  # hidden: not flagged
+    assert outside_points(root) == ["optim.lr=0.5"]
+    result = CliRunner().invoke(cli, ["sweep", "status", str(root)])
+    assert result.output.splitlines()[-1] == (
+        "not points of this sweep's recipe (no shard trains them): optim.lr=0.5"
+    )
+    assert [r["name"] for r in sweep_status(root)] == names  # the points are still the recipe's
 
 
 def test_status_of_a_directory_that_is_not_a_sweep_says_so(tmp_path: Path) -> None:

@@ -565,14 +565,17 @@ def sweep_status_cmd(directory: str, as_json: bool) -> None:
 
     running: the point has files but no summary.json yet (a shard is training it, or was
     killed: see how long ago it last wrote). Restart killed or missing points with
-    `zoo train --resume DIRECTORY [--shard I/N]`.
+    `zoo train --resume DIRECTORY [--shard I/N]`. Directories that are not points of the
+    sweep's recipe (copied in, or from another grid) are named last.
     """
-    from zoo.training.sweep import STATUSES, sweep_status
+    from zoo.training.sweep import STATUSES, outside_points, sweep_status
 
     rows = sweep_status(directory)
+    outside = outside_points(directory)
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     if as_json:
-        click.echo(json.dumps({"directory": directory, "counts": counts, "points": rows}, indent=2))
+        report = {"directory": directory, "counts": counts, "points": rows, "outside": outside}
+        click.echo(json.dumps(report, indent=2))
         return
     click.echo(f"{directory}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     click.echo(f"{'#':>4}  {'status':<8} {'epoch':>9}  {'test acc':>8}  {'updated':>9}  point")
@@ -583,6 +586,9 @@ def sweep_status_cmd(directory: str, as_json: bool) -> None:
         click.echo(f"{r['index']:>4}  {r['status']:<8} {epoch:>9}  {acc:>8}  {age:>9}  {r['name']}")
         if r["error"]:
             click.echo(f"      error: {r['error']}")
+    if outside:
+        names = ", ".join(printable(name) for name in outside)
+        click.echo(f"not points of this sweep's recipe (no shard trains them): {names}")
 
 
 def _age(seconds: float | None) -> str:

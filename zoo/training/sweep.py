@@ -29,7 +29,7 @@ from zoo.training.rundir import AfterRunError, after_run, default_run_dir, resum
 if TYPE_CHECKING:
     from zoo.recipe import Recipe
 
-__all__ = ["STATUSES", "run_sweep", "sweep_status", "write_sweep_index"]
+__all__ = ["STATUSES", "outside_points", "run_sweep", "sweep_status", "write_sweep_index"]
 
 STATUSES = ("done", "running", "failed", "missing")
 
@@ -199,9 +199,31 @@ def sweep_status(root: str | Path, now: float | None = None) -> list[dict[str, A
     ``failed`` (the index records its error and it has no summary), ``running`` (started:
     it has files but no summary; ``epoch`` is its last completed epoch, ``updated_s_ago``
     tells a live run from a killed one) or ``missing`` (not started by any shard)."""
+    root = Path(root)
+    points = _sweep_points(root)
+    index: dict[int, dict[str, Any]] = {}
+    with contextlib.suppress(RunError, KeyError, TypeError):
+        old = files.read_json(root / files.SWEEP_INDEX_NAME)
+        index = {row["index"]: row for row in old["points"]}
+    now = time.time() if now is None else now
+    return [_point_status(root / p.name, p, index.get(p.index, {}), now) for p in points]
+
+
+def outside_points(root: str | Path) -> list[str]:
+    """Directories in the sweep root that are not points of its recipe (copied in, or left
+    from another grid): no shard trains them and no report reads them."""
+    root = Path(root)
+    names = {p.name for p in _sweep_points(root)}
+    return sorted(
+        entry.name
+        for entry in root.iterdir()
+        if entry.is_dir() and entry.name not in names and not entry.name.startswith(".")
+    )
+
+
+def _sweep_points(root: Path) -> list[Any]:
     from zoo.recipe import expand_sweep, load_recipe
 
-    root = Path(root)
     if not (root / files.RECIPE_NAME).is_file():
         raise RunError(
             f"{root} holds no recipe.yaml, so it is not a zoo sweep directory; give the --out "
@@ -210,14 +232,7 @@ def sweep_status(root: str | Path, now: float | None = None) -> list[dict[str, A
     recipe = load_recipe(root / files.RECIPE_NAME)
     if not recipe.sweep:
         raise RunError(f"{root} is a single run, not a sweep (its recipe has no `sweep:`)")
-    index: dict[int, dict[str, Any]] = {}
-    with contextlib.suppress(RunError, KeyError, TypeError):
-        old = files.read_json(root / files.SWEEP_INDEX_NAME)
-        index = {row["index"]: row for row in old["points"]}
-    now = time.time() if now is None else now
-    return [
-        _point_status(root / p.name, p, index.get(p.index, {}), now) for p in expand_sweep(recipe)
-    ]
+    return list(expand_sweep(recipe))
 
 
 def _point_status(
