@@ -244,9 +244,9 @@ def test_bench_auto_measures_in_the_chosen_precision_and_says_why(
     # the cache answers for this machine, model and input: bf16 still, and it says so
     assert "precision auto: mlp_relu -> bf16 (" in result.output
     assert "; cached)" in result.output and timer.timed == timed
-    assert "auto: what `precision: auto` would train" in CliRunner().invoke(
-        cli, ["bench", "--help"]
-    ).output.replace("\n", " ")
+    for command in ("bench", "report"):
+        help_text = " ".join(CliRunner().invoke(cli, [command, "--help"]).output.split())
+        assert "auto: what `precision: auto` trains each model in here" in help_text
 
 
 # -- accuracy: bf16 autocast trains as well as fp32 (real data, slow) -----------------------

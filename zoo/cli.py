@@ -89,6 +89,18 @@ def main() -> None:
     cli(prog_name="zoo")
 
 
+def _precision_option(default: str, help: str) -> Any:
+    """``--precision`` of the commands that time models (bench, report)."""
+    return click.option(
+        "--precision",
+        type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+        default=default,
+        show_default=True,
+        help=f"{help} auto: what `precision: auto` trains each model in here (bf16 autocast "
+        "where a training step runs >= 1.2x as fast as fp32, else fp32).",
+    )
+
+
 def _import_option(command: Any) -> Any:
     """``--import FILE_OR_MODULE`` (repeatable) on a command: import files or modules whose
     ``@zoo.register_model`` builders the command needs (a model registered in a script)
@@ -618,14 +630,7 @@ def _age(seconds: float | None) -> str:
 )
 @click.option("--img-size", type=int, default=None, help="Input size (default: the model's).")
 @click.option("--in-chans", type=int, default=None, help="Input channels (default: the model's).")
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
-    default="fp32",
-    show_default=True,
-    help="auto: what `precision: auto` would train each model in here (bf16 where measured "
-    ">= 1.2x faster than fp32); the choice and why are printed.",
-)
+@_precision_option("fp32", "Precision of the timed steps; the auto choice and why are printed.")
 @click.option("--channels-last", is_flag=True, help="Model and input in channels_last layout.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model first.")
 @click.option("--compile-mode", default=None, help="torch.compile mode (implies --compile).")
@@ -754,14 +759,7 @@ def viz_cmd(source: str, out: str | None, img_size: int | None, in_chans: int | 
 )
 @click.option("--no-bench", is_flag=True, help="Skip all timing (no Mixer time table).")
 @click.option("--device", default="cpu", show_default=True, help="Device for the timings.")
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-    default="auto",
-    show_default=True,
-    help="Precision of the timings; auto: what `precision: auto` trains each model in here "
-    "(bf16 where a training step runs >= 1.2x as fast as fp32).",
-)
+@_precision_option("auto", "Precision of the timings.")
 @click.option(
     "--note",
     default=None,
