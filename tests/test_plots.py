@@ -119,3 +119,23 @@ def test_plot_pareto_marks_the_front(tmp_path: Path) -> None:
         front = [line for line in ax.get_lines() if line.get_label() == "Pareto front"]
         assert len(front) == 1 and len(front[0].get_xdata()) == 2  # a and b, not c
     assert save_figure(fig, tmp_path / "p.png").read_bytes().startswith(PNG)
+
+
+def test_labels_of_nearby_points_do_not_overlap(tmp_path: Path) -> None:
+    # five points on one spot and two close by, as a sweep's runs at similar accuracy sit
+    entries = [
+        {"label": str(i), "test_acc": 0.9, "images_per_s": 1000.0, "params": 100} for i in range(5)
+    ]
+    entries += [
+        {"label": "5", "test_acc": 0.901, "images_per_s": 1010.0, "params": 101},
+        {"label": "6", "test_acc": 0.1, "images_per_s": 10.0, "params": 10_000},
+    ]
+    fig = plot_pareto(entries)
+    save_figure(fig, tmp_path / "p.png")  # draws: the text extents below are the real ones
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.get_axes():
+        boxes = [text.get_window_extent(renderer) for text in ax.texts]
+        assert sorted(text.get_text() for text in ax.texts) == [str(i) for i in range(7)]
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1 :]:
+                assert not a.overlaps(b), (a, b)

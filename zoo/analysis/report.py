@@ -401,11 +401,17 @@ def _leaderboard_md(runs: Sequence[LoadedRun], timer: _Timer | None, figs: _Figu
     if timed:
         speed_front = plots.pareto_front([(e["images_per_s"], e["test_acc"]) for e in timed])
         size_front = plots.pareto_front([(-e["params"], e["test_acc"]) for e in timed])
-        rel = figs.save(plots.plot_pareto(timed), "leaderboard")
+        # Points carry their rank in the table below: run names would print over each other.
+        timed_ids = {id(e) for e in timed}
+        numbered = [
+            {**e, "label": str(rank)} for rank, e in enumerate(entries, 1) if id(e) in timed_ids
+        ]
+        rel = figs.save(plots.plot_pareto(numbered), "leaderboard")
         lines += [f"![test accuracy vs inference speed and parameters]({rel})", ""]
     fronts = {id(e): (s, p) for e, s, p in zip(timed, speed_front, size_front, strict=True)}
     lines += [
-        "Pareto: on the front of test accuracy vs inference images/s (speed) or vs parameters "
+        ("Points in the figure are numbered by their rank (#) in the table. " if timed else "")
+        + "Pareto: on the front of test accuracy vs inference images/s (speed) or vs parameters "
         "(size). Images/s measured by `zoo bench` at each run's eval batch size"
         + (f", {_in_precision(timer)}." if timer else "."),
         "",

@@ -206,11 +206,39 @@ def _scatter(
     if line:
         ax.plot(*zip(*line, strict=True), color="tab:red", linestyle="--", label="Pareto front")
         ax.legend(fontsize="small")
-    for x, y, text in zip(xs, ys, labels, strict=True):
-        ax.annotate(text, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
+    _annotate(ax, xs, ys, labels)
     ax.grid(alpha=0.3)
     ax.set_ylabel("test accuracy (%)")
+
+
+# Where a point's label may go, in points from the point: right-above first, then around it
+# and further out, so that labels of nearby points do not print over each other.
+_LABEL_OFFSETS = [(3, 3), (3, -10), (-4, 3), (-4, -10), (3, 12), (3, -19), (-4, 12), (-4, -19)]
+_LABEL_OFFSETS += [(dx + 12 * k, dy) for k in (1, 2, 3) for dx, dy in _LABEL_OFFSETS[:4]]
+
+
+def _annotate(ax: Axes, xs: list[float], ys: list[float], labels: list[str]) -> None:
+    """Label each point at the first offset whose text box (estimated: 7-pt text) overlaps
+    no label placed before it; the most accurate points are placed first."""
+    ax.autoscale_view()
+    to_points = 72 / ax.figure.dpi
+    placed: list[tuple[float, float, float, float]] = []
+    for x, y, text in sorted(zip(xs, ys, labels, strict=True), key=lambda p: -p[1]):
+        px, py = (v * to_points for v in ax.transData.transform((x, y)))
+        width, height = 4.2 * len(text) + 1, 8.0
+        for dx, dy in _LABEL_OFFSETS:
+            left = px + dx - (width if dx < 0 else 0)  # a label left of its point ends there
+            box = (left, py + dy, left + width, py + dy + height)
+            if not any(_overlaps(box, other) for other in placed):
+                break
+        placed.append(box)
+        align = "right" if dx < 0 else "left"
+        ax.annotate(text, (x, y), fontsize=7, xytext=(dx, dy), textcoords="offset points", ha=align)
+
+
+def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def plot_pareto(entries: Sequence[Mapping[str, Any]], axes: Sequence[Axes] | None = None) -> Figure:
