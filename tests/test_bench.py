@@ -256,6 +256,39 @@ def test_cpu_dropout_times_the_same_model_with_each_dropout(monkeypatch) -> None
     )
 
 
+def test_patch_size_seeds_ranks_each_seed_and_refuses_other_settings(tmp_path: Path) -> None:
+    import yaml
+
+    script = _script("patch_size_seeds")
+
+    def point(directory: Path, seed: int, patch: int, acc: float, epochs: int = 15) -> None:
+        directory.mkdir(parents=True)
+        recipe = {"name": "mixer_patch", "seed": seed, "epochs": epochs, "sweep": {"k": [1]},
+                  "model": {"name": "mlpmixer_p4", "args": {}}}  # fmt: skip
+        (directory / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+        (directory / "config.json").write_text(json.dumps({"model_args": {"patch_size": patch}}))
+        summary = {"test_acc": acc, "best_valid_acc": acc, "wall_time_s": 1.0,
+                   "precision": {"chosen": "bf16"}, "env": {"git_sha": "abc1234"}}  # fmt: skip
+        (directory / "summary.json").write_text(json.dumps(summary))
+
+    accs = {42: {4: 0.894, 7: 0.885, 14: 0.887}, 1: {4: 0.89, 7: 0.888, 14: 0.884}}
+    for seed, row in accs.items():
+        for patch, acc in row.items():
+            point(tmp_path / "runs" / f"seed_{seed}" / f"p{patch}", seed, patch, acc)
+    point(tmp_path / "runs" / "seed_2" / "p4", 2, 4, 0.5)  # seed 2 unfinished: left out
+    points, shared = script.collect([tmp_path / "runs"])
+    assert len(points) == 7 and shared["epochs"] == 15 and "seed" not in shared
+    agg = script.aggregate(points, [42, 1, 2])
+    assert agg["complete_seeds"] == [42, 1]
+    assert agg["rankings"] == {42: [4, 14, 7], 1: [4, 7, 14]}
+    assert agg["largest_least_accurate"] == {42: False, 1: True}
+    assert agg["per_patch"][4]["mean"] == pytest.approx(0.892)
+    assert agg["per_patch"][4]["stdev"] == pytest.approx(0.004 / 2**0.5)
+    point(tmp_path / "other" / "p7", 3, 7, 0.9, epochs=5)
+    with pytest.raises(SystemExit, match=r"differs from the first point's in \['epochs'\]"):
+        script.collect([tmp_path / "runs", tmp_path / "other"])
+
+
 def test_cli_bench_unknown_model_is_one_line() -> None:
     result = CliRunner().invoke(cli, ["bench", "resnet81", "--min-time", "0"])
     assert result.exit_code == 2
