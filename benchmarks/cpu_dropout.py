@@ -55,8 +55,9 @@ def _with_torch_dropout(model: nn.Module) -> nn.Module:
 def compare(
     builder: str, args: dict[str, Any], precision: str, repeats: int, min_time: float
 ) -> dict[str, Any]:
-    """The three variants of one model, timed by ``zoo.analysis.bench.measure`` in
-    alternating rounds; per variant the median over rounds of each round's median step."""
+    """The three variants of one model, timed by ``zoo.analysis.bench.measure`` from the same
+    weights in alternating rounds; per variant the median over rounds of each round's median
+    step."""
     torch.manual_seed(0)
     base = zoo.create(builder, num_classes=10, in_chans=SHAPE[0], img_size=SHAPE[1], **args)
     models = {
@@ -71,7 +72,11 @@ def compare(
     times: dict[str, list[float]] = {kind: [] for kind in models}
     for _ in range(repeats):
         for kind, model in models.items():
-            record = measure(model, BATCH, mode="train", precision=precision, min_time=min_time)
+            # A fresh copy each round, as `zoo bench` times a fresh model: measure() trains the
+            # module it is given with a new Adam, and restarting Adam on weights it already
+            # moved drove the MLP's fp32 step from 5 to 20 ms over 5 rounds (denormals).
+            fresh = copy.deepcopy(model)
+            record = measure(fresh, BATCH, mode="train", precision=precision, min_time=min_time)
             times[kind].append(record.latency_ms_p50)
     out: dict[str, Any] = {"builder": builder, "args": args, "precision": precision}
     for kind, runs in times.items():
