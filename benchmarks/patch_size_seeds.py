@@ -169,6 +169,19 @@ def _markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _without_note(argv: Sequence[str]) -> list[str]:
+    """The command line as recorded: the note is printed on its own."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            kept.append(arg)
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
@@ -201,7 +214,9 @@ def main() -> None:
     result = {
         "benchmark": "patch_size_seeds",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join(["python benchmarks/patch_size_seeds.py", *sys.argv[1:]]),
+        "command": " ".join(
+            ["python benchmarks/patch_size_seeds.py", *_without_note(sys.argv[1:])]
+        ),
         "shared_recipe": shared,
         "points": points,
         "aggregate": aggregate(points, args.seeds),
