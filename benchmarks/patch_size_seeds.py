@@ -169,17 +169,13 @@ def _markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _without_note(argv: Sequence[str]) -> list[str]:
-    """The command line as recorded: the note is printed on its own."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--note":
-            skip = True
-        elif not arg.startswith("--note="):
-            kept.append(arg)
-    return kept
+def _recorded_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces these results (the note is printed on its own)."""
+    words = ["python benchmarks/patch_size_seeds.py", "--seeds", *map(str, args.seeds)]
+    words += ["--epochs", str(args.epochs), "--patches", *map(str, args.patches)]
+    words += ["--collect-only"] if args.collect_only else ["--out", str(args.out)]
+    words += ["--collect", *map(str, args.collect)] if args.collect else []
+    return " ".join(words)
 
 
 def main() -> None:
@@ -214,9 +210,7 @@ def main() -> None:
     result = {
         "benchmark": "patch_size_seeds",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join(
-            ["python benchmarks/patch_size_seeds.py", *_without_note(sys.argv[1:])]
-        ),
+        "command": _recorded_command(args),
         "shared_recipe": shared,
         "points": points,
         "aggregate": aggregate(points, args.seeds),
