@@ -17,17 +17,15 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import torch
+from _results import record, save, timing_options
 from torch import nn
 
 import zoo
-from zoo._io import atomic_write_json, atomic_write_text
 from zoo.analysis.bench import measure
-from zoo.env import describe, environment, load_average
+from zoo.env import describe, load_average
 from zoo.models._layers import Dropout
 
 BATCH, SHAPE = 128, (1, 28, 28)  # Fashion-MNIST, as in table1 and issue 14's measurements
@@ -120,12 +118,8 @@ def _markdown(result: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--min-time", type=float, default=0.5, help="Seconds per round.")
+    timing_options(parser, threads=2, repeats=5)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--note", default="", help="Recorded with the results.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = load_average()
@@ -134,22 +128,8 @@ def main() -> None:
         for label in MODELS
         for precision in args.precisions
     ]
-    result = {
-        "benchmark": "cpu_dropout",
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "threads": args.threads,
-        "repeats": args.repeats,
-        "min_time": args.min_time,
-        "models": rows,
-        "env": environment("cpu"),
-        "load_average": {"before": load_before, "after": load_average()},
-        "note": (
-            "A shared machine: compare the load average with the CPU count. " + args.note
-        ).strip(),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "cpu_dropout.json", result)
-    atomic_write_text(args.out / "cpu_dropout.md", _markdown(result))
+    result = record("cpu_dropout", args, load_before, models=rows)
+    save(args.out, "cpu_dropout", result, _markdown(result))
     for row in rows:
         print(
             f"{row['model']:>48} {row['precision']}: torch {row['torch']['images_per_s']:7,.0f}"

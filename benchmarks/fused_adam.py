@@ -18,19 +18,17 @@ import argparse
 import copy
 import statistics
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _results import record, save, timing_options
 from torch.utils.flop_counter import FlopCounterMode
 
 import zoo
-from zoo._io import atomic_write_json, atomic_write_text
 from zoo.analysis.peak import peak_flops
 from zoo.devices import fused_optimizer
-from zoo.env import describe, environment, load_average
+from zoo.env import describe, load_average
 
 BATCH, SHAPE = 128, (1, 28, 28)  # Fashion-MNIST, as in table1 and issue 14's measurements
 
@@ -122,31 +120,13 @@ def _markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mlp_relu", "mlpmixer_p4"])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--min-time", type=float, default=0.5, help="Seconds per round.")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--note", default="", help="Recorded with the results.")
+    timing_options(parser, threads=1, repeats=7)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = load_average()
     rows = [measure(m, args.repeats, args.min_time) for m in args.models]
-    result = {
-        "benchmark": "fused_adam",
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "threads": args.threads,
-        "repeats": args.repeats,
-        "min_time": args.min_time,
-        "models": rows,
-        "env": environment("cpu"),
-        "load_average": {"before": load_before, "after": load_average()},
-        "note": (
-            "A shared machine: compare the load average with the CPU count. " + args.note
-        ).strip(),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "fused_adam.json", result)
-    atomic_write_text(args.out / "fused_adam.md", _markdown(result))
+    result = record("fused_adam", args, load_before, models=rows)
+    save(args.out, "fused_adam", result, _markdown(result))
     for row in rows:
         before, after = row["default"], row["fused"]
         print(

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from _results import RESULTS, save
 
-from zoo._io import atomic_write_json, atomic_write_text
 from zoo.env import describe, environment, load_average
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--collect", type=Path, nargs="*", default=[],
                         help="Also read finished points under these directories.")  # fmt: skip
     parser.add_argument("--collect-only", action="store_true", help="Train nothing.")
-    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--note", default="", help="Recorded with the results.")
     args = parser.parse_args()
     load_before = load_average()
@@ -218,9 +218,7 @@ def main() -> None:
         "load_average": {"before": load_before, "after": load_average()},
         "note": args.note,
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.results / "patch_size_seeds.json", result)
-    atomic_write_text(args.results / "patch_size_seeds.md", _markdown(result))
+    save(args.results, "patch_size_seeds", result, _markdown(result))
     print(_markdown(result))
 
 

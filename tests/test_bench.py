@@ -7,6 +7,7 @@ import csv
 import importlib.util
 import io
 import json
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -197,7 +198,10 @@ def test_cli_bench_json(tmp_path) -> None:
 
 
 def _script(name: str) -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:  # as `python benchmarks/NAME.py` has it: for _results
+        sys.path.append(str(folder))
+    path = folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"_bench_script_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
